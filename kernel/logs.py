@@ -1,0 +1,57 @@
+"""Daemon logging in dockerd's two formats (logrus text and JSON), level changeable live."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+}
+_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
+          logging.ERROR: "error", logging.CRITICAL: "fatal"}
+
+ROOT = "pydockerd"
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{seconds}.{int(record.msecs * 1000):06d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        level = _NAMES.get(record.levelno, "info")
+        return f'time="{_timestamp(record)}" level={level} msg={json.dumps(message)}'
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        level = _NAMES.get(record.levelno, "info")
+        return json.dumps({"level": level, "msg": message, "time": _timestamp(record)})
+
+
+def setup(*, level: str, debug: bool, log_format: str) -> None:
+    root = logging.getLogger(ROOT)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root.handlers[:] = [handler]
+    root.propagate = False
+    set_level(level=level, debug=debug)
+
+
+def set_level(*, level: str, debug: bool) -> None:
+    """Apply `log-level`, or debug when `debug` is on (as dockerd does)."""
+    logging.getLogger(ROOT).setLevel(logging.DEBUG if debug else LEVELS.get(level, logging.INFO))
