@@ -1,0 +1,3 @@
+"""The daemon's kernel: supervisor, mailboxes, topics and the process entrypoint."""
+
+VERSION = "0.1.0"

@@ -50,3 +50,7 @@ class Unavailable(DaemonError):
 
 class InternalError(DaemonError):
     status = 500
+
+
+class StartupError(Exception):
+    """The daemon cannot start as configured (socket in use, bad certificates, ...)."""

@@ -14,8 +14,13 @@ LEVELS = {
     "error": logging.ERROR,
     "fatal": logging.CRITICAL,
 }
-_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
-          logging.ERROR: "error", logging.CRITICAL: "fatal"}
+_NAMES = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "fatal",
+}
 
 ROOT = "pydockerd"
 

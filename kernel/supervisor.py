@@ -211,4 +211,3 @@ class Supervisor:
                     await child.done.wait()
             if child.state == "stopping":
                 child.state = "stopped"
-

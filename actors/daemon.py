@@ -1,0 +1,180 @@
+"""The daemon's wiring: which actors run, in what order, and how a reload reaches them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+import uuid
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import config
+from actors import events as events_actor
+from actors import signals
+from actors.api import ApiService, ListenConfig
+from actors.events import EventsService
+from api.context import ApiContext, ApiSettings
+from api.listeners import ListenerError, TlsFiles
+from kernel import logs
+from kernel.fsutil import atomic_write
+from kernel.sdnotify import notify
+from kernel.supervisor import ChildSpec, Supervisor
+
+log = logging.getLogger("pydockerd.daemon")
+
+DATA_DIRS = ("containers", "image", "volumes", "network", "trust", "tmp")
+
+
+def prepare_roots(cfg: config.DaemonConfig) -> str:
+    """Create the data-root layout and return the engine ID (kept across restarts)."""
+    data_root = Path(cfg.data_root)
+    data_root.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_root, 0o711)
+    for name in DATA_DIRS:
+        (data_root / name).mkdir(mode=0o700, exist_ok=True)
+    Path(cfg.exec_root).mkdir(parents=True, mode=0o700, exist_ok=True)
+    id_file = data_root / "engine-id"
+    try:
+        return id_file.read_text().strip()
+    except FileNotFoundError:
+        engine_id = str(uuid.uuid4())
+        atomic_write(id_file, engine_id.encode(), mode=0o600)
+        return engine_id
+
+
+def api_settings(cfg: config.DaemonConfig) -> ApiSettings:
+    return ApiSettings(
+        cors_header=cfg.api_cors_header,
+        debug=cfg.debug,
+        authorization_plugins=tuple(cfg.authorization_plugins),
+    )
+
+
+def listen_config(cfg: config.DaemonConfig) -> ListenConfig:
+    tls = None
+    if cfg.tls or cfg.tlsverify:
+        tls = TlsFiles(
+            cert=str(cfg.tlscert),
+            key=str(cfg.tlskey),
+            ca=str(cfg.tlscacert) if cfg.tlsverify else None,
+        )
+    return ListenConfig(hosts=tuple(cfg.hosts), group=cfg.group, tls=tls)
+
+
+class Daemon:
+    def __init__(self, options: config.Options, cfg: config.DaemonConfig) -> None:
+        self.options = options
+        self.cfg = cfg
+        self.daemon_id = prepare_roots(cfg)
+        self.events = EventsService()
+        self.supervisor: Supervisor | None = None
+        self.context = ApiContext(
+            events=self.events,
+            daemon_id=self.daemon_id,
+            config=lambda: self.cfg,
+            supervisor=lambda: self.supervisor,
+        )
+        self.api = ApiService(self.context, api_settings(cfg), listen_config(cfg))
+        self._reload_lock = trio.Lock()
+
+    def children(self) -> list[ChildSpec]:
+        return [
+            ChildSpec(
+                id="signals",
+                start=partial(
+                    signals.run, on_stop=self.stop, on_reload=self.reload, on_dump=self.dump
+                ),
+                shutdown=1.0,
+            ),
+            ChildSpec(id="events", start=partial(events_actor.run, self.events), shutdown=1.0),
+            ChildSpec(id="api", start=self.api.run, shutdown=20.0),
+        ]
+
+    async def run(self) -> None:
+        """Serve until stopped; raise what made the daemon fail."""
+        supervisor = Supervisor(self.children())
+        self.supervisor = supervisor
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            log.info("Daemon has completed initialization")
+            notify("READY=1")
+        self.events.publish("daemon", "shutdown", self.daemon_id, {"name": os.uname().nodename})
+        self.events.close()
+
+    def stop(self) -> None:
+        notify("STOPPING=1")
+        if self.supervisor is not None:
+            self.supervisor.stop()
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read daemon.json and apply it whole, or keep the running configuration."""
+        async with self._reload_lock:
+            notify("RELOADING=1")
+            try:
+                await self._reload()
+            finally:
+                notify("READY=1")
+
+    async def _reload(self) -> None:
+        try:
+            new, diff = config.reload(self.cfg, self.options)
+            listen = listen_config(new)
+            ApiService.check_listen(listen)
+        except (config.ConfigError, ListenerError) as exc:
+            log.error("Error reloading configuration, keeping the running one: %s", exc)
+            return
+        old = self.cfg
+        try:
+            if listen != self.api.listen:
+                await self.api.apply_listen(listen)
+        except (ListenerError, OSError) as exc:
+            log.error("Error reloading configuration, keeping the running one: %s", exc)
+            await self.api.apply_listen(listen_config(old))
+            return
+        self.cfg = new
+        logs.set_level(level=new.log_level, debug=new.debug)
+        await self.api.apply_settings(api_settings(new))
+        log.info(
+            "Reloaded configuration: applied live: %s; needs a restart: %s",
+            ", ".join(sorted(diff.live)) or "nothing",
+            ", ".join(sorted(diff.restart)) or "nothing",
+        )
+        attributes = {
+            "name": os.uname().nodename,
+            "debug": str(new.debug).lower(),
+            "labels": str(list(new.labels)),
+            "applied": ",".join(sorted(diff.live)),
+            "needs-restart": ",".join(sorted(diff.restart)),
+        }
+        self.events.publish("daemon", "reload", self.daemon_id, attributes)
+
+    async def dump(self) -> None:
+        """SIGUSR1: write the actor tree and every task's stack to a file in exec-root."""
+        lines = [f"pydockerd actor dump at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"]
+        if self.supervisor is not None:
+            for child in self.supervisor.statistics():
+                lines.append(
+                    f"actor {child.id}: state={child.state} restarts={child.restarts} "
+                    f"last_error={child.last_error}"
+                )
+        lines.append("")
+        _dump_task(trio.lowlevel.current_root_task(), lines, 0)
+        path = Path(self.cfg.exec_root) / f"pydockerd-dump-{int(time.time())}.log"
+        atomic_write(path, "\n".join(lines).encode() + b"\n")
+        log.info("actor tree and task stacks written to %s", path)
+
+
+def _dump_task(task: Any, lines: list[str], depth: int) -> None:
+    indent = "  " * depth
+    lines.append(f"{indent}task {task.name}")
+    for frame, lineno in task.iter_await_frames():
+        summary = traceback.FrameSummary(frame.f_code.co_filename, lineno, frame.f_code.co_name)
+        lines.append(f"{indent}  at {summary.name} ({summary.filename}:{summary.lineno})")
+    for nursery in task.child_nurseries:
+        for child in nursery.child_tasks:
+            _dump_task(child, lines, depth + 1)
