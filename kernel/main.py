@@ -75,3 +75,7 @@ def _serve(options: object, cfg: object) -> int:
         return 1
     log.info("Daemon shutdown complete")
     return 0
+
+
+if __name__ == "__main__":
+    main()

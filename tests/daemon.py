@@ -1,0 +1,204 @@
+"""Start real pydockerd processes on temporary roots for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PYDOCKERD = [sys.executable, "-m", "kernel.main"]
+
+
+def short_tempdir(prefix: str = "pyd") -> Path:
+    """Unix socket paths must stay under 108 bytes: pytest's tmp_path can be longer."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def unix_request(path: str, request: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send one raw HTTP request over a unix socket and read until the server closes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class Daemon:
+    """One pydockerd process with its own data-root, exec-root, pidfile and socket."""
+
+    def __init__(self, root: Path, args: Sequence[str], config: dict[str, Any] | None) -> None:
+        self.root = root
+        self.data_root = root / "data"
+        self.exec_root = root / "exec"
+        self.pidfile = root / "pydockerd.pid"
+        self.sock = root / "d.sock"
+        self.host = f"unix://{self.sock}"
+        self.config_file = root / "daemon.json"
+        self.log_file = root / "daemon.log"
+        self.docker_config = root / "docker-cli"
+        self.docker_config.mkdir(exist_ok=True)
+        if config is not None:
+            self.write_config(config)
+        self.args = list(args)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, config: dict[str, Any] | str) -> None:
+        text = config if isinstance(config, str) else json.dumps(config)
+        self.config_file.write_text(text)
+
+    def command(self, *extra: str) -> list[str]:
+        args = [
+            *PYDOCKERD,
+            "--data-root", str(self.data_root),
+            "--exec-root", str(self.exec_root),
+            "--pidfile", str(self.pidfile),
+            "--config-file", str(self.config_file),
+            "--containerd-namespace", f"pydtest-{self.root.name}",
+            "--iptables=false",
+            "--ip-masq=false",
+        ]  # fmt: skip
+        if not any(a in ("-H", "--host") or a.startswith("--host=") for a in self.args):
+            args += ["-H", self.host]
+        return args + self.args + list(extra)
+
+    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
+        if not self.config_file.exists():
+            self.write_config({})
+        log = self.log_file.open("ab")
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def run_to_exit(self, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+        """Run this daemon's command in the foreground (for starts that must fail)."""
+        if not self.config_file.exists():
+            self.write_config({})
+        return subprocess.run(
+            self.command(), cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                reply = unix_request(str(self.sock), b"GET /_ping HTTP/1.0\r\n\r\n", timeout=1)
+                if reply.endswith(b"OK"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise AssertionError(f"daemon did not answer /_ping in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DOCKER_HOST": self.host,
+            "DOCKER_CONFIG": str(self.docker_config),
+            "DOCKER_BUILDKIT": "0",
+        }
+
+    def docker(
+        self, *args: str, check: bool = True, input: bytes | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["docker", *args],
+            env=self.env(),
+            input=input.decode() if input is not None else None,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"docker {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}\ndaemon log:\n{self.log()}"
+            )
+        return result
+
+    def client(self) -> Any:
+        import docker
+
+        return docker.DockerClient(base_url=self.host, version="auto", timeout=30)
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait, SIGKILL as a last resort; return the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextmanager
+def running_daemon(
+    *args: str, config: dict[str, Any] | None = None, root: Path | None = None
+) -> Iterator[Daemon]:
+    root = root or short_tempdir()
+    daemon = Daemon(root, args, config)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_pydockerd(
+    *args: str, timeout: float = 20.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the daemon binary to completion (for flags like --validate and failing starts)."""
+    return subprocess.run(
+        [*PYDOCKERD, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
