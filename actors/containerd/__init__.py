@@ -1,0 +1,1 @@
+"""The containerd bridge: gRPC client (grpclib via trio-asyncio) and managed child."""
