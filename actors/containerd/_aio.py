@@ -94,6 +94,12 @@ class AioContainerd:
     async def close(self) -> None:
         self.channel.close()
 
+    def open_streams(self) -> int:
+        """HTTP/2 streams grpclib still holds on our connection: a leak detector
+        (0 when idle, 1 per open subscription). Reads grpclib internals."""
+        protocol = self.channel._protocol
+        return 0 if protocol is None else len(protocol.processor.streams)
+
     async def call(
         self, method: Callable[..., Awaitable[R]], request: Any, *, wait: bool = False
     ) -> R:

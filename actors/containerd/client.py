@@ -83,6 +83,10 @@ class ContainerdClient:
     def namespace(self) -> str:
         return self._aio.namespace
 
+    def open_streams(self) -> int:
+        """HTTP/2 streams in use on this client's connection (leak detector)."""
+        return self._aio.open_streams()
+
     async def _call(self, method: Any, request: Any, *, wait: bool = False) -> Any:
         return await aio_as_trio(self._aio.call)(method, request, wait=wait)
 
@@ -141,6 +145,8 @@ class ContainerdClient:
         return [container_from_pb(c) for c in r.containers]
 
     async def delete_container(self, id: str) -> None:
+        """containerd 1.6 deletes the record even while its task runs (the task
+        then lingers unowned): delete the task first."""
         await self._call(self._c.Delete, containers_pb2.DeleteContainerRequest(id=id))
 
     # -- tasks -------------------------------------------------------------
@@ -220,6 +226,8 @@ class ContainerdClient:
         return Exit(r.exit_status, timestamp(r.exited_at))
 
     async def delete_task(self, id: str) -> Exit:
+        """Delete a stopped (or never started) task; containerd refuses a running
+        one with a plain ContainerdError ("cannot delete a running process")."""
         r = await self._call(self._t.Delete, tasks_pb2.DeleteTaskRequest(container_id=id))
         return Exit(r.exit_status, timestamp(r.exited_at))
 
@@ -294,11 +302,11 @@ class ContainerdClient:
 
     async def get_task(self, id: str, exec_id: str = "") -> Process:
         r = await self._call(self._t.Get, tasks_pb2.GetRequest(container_id=id, exec_id=exec_id))
-        return process_from_pb(r.process)
+        return process_from_pb(r.process, id)
 
     async def list_tasks(self, filter: str = "") -> list[Process]:
         r = await self._call(self._t.List, tasks_pb2.ListTasksRequest(filter=filter))
-        return [process_from_pb(p) for p in r.tasks]
+        return [process_from_pb(p, p.id) for p in r.tasks]
 
     # -- events ------------------------------------------------------------
 

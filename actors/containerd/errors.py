@@ -41,3 +41,7 @@ class ContainerdUnavailable(ContainerdError):
 class EventStreamBroken(ContainerdError):
     """The events subscription lost events (subscriber too slow); resubscribe and
     reconcile with `list_tasks`."""
+
+
+class ContainerdStartFailed(ContainerdError):
+    """Our managed containerd exited or did not answer in time at start."""

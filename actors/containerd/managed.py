@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from actors.containerd.client import open_containerd_client
-from actors.containerd.errors import ContainerdError, ContainerdUnavailable
+from actors.containerd.errors import ContainerdStartFailed, ContainerdUnavailable
 
 # Plugins a Docker-like daemon never uses: CRI (kubelet's API), `opt` (it would
 # create /opt/containerd), and snapshotters that only log failures here.
@@ -37,10 +37,6 @@ _PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
 
 
-class ContainerdStartFailed(ContainerdError):
-    pass
-
-
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: like moby, containerd dies with
     # us (containers survive: their shims are separate processes).
@@ -51,47 +47,53 @@ def _toml_str(s: str | Path) -> str:
     return json.dumps(str(s))  # JSON string escapes are valid TOML basic strings
 
 
+def containerd_config(root: str | Path, state: str | Path, socket_path: str) -> str:
+    """containerd 1.6 config.toml (version 2) for a private instance."""
+    disabled = ", ".join(_toml_str(p) for p in DISABLED_PLUGINS)
+    return (
+        "# Written by pydockerd; rewritten at every start.\n"
+        "version = 2\n"
+        f"root = {_toml_str(root)}\n"
+        f"state = {_toml_str(state)}\n"
+        f"disabled_plugins = [{disabled}]\n"
+        "\n[grpc]\n"
+        f"  address = {_toml_str(socket_path)}\n"
+        "\n[ttrpc]\n"
+        f"  address = {_toml_str(socket_path + '.ttrpc')}\n"
+        "\n[debug]\n"
+        '  address = ""\n'  # no debug socket
+        '  level = "info"\n'
+    )
+
+
 class ManagedContainerd:
-    def __init__(
-        self, data_root: Path, exec_root: Path, nursery: trio.Nursery, binary: str
-    ) -> None:
+    def __init__(self, data_root: Path, exec_root: Path, binary: str = "containerd") -> None:
         self.base = exec_root / "containerd"
         self.root = data_root / "containerd" / "daemon"
         self.state = self.base / "daemon"
         self.socket_path = str(self.base / "containerd.sock")
         self.config_path = self.base / "containerd.toml"
         self.log_path = self.base / "containerd.log"
-        self._nursery = nursery
         self._binary = binary
         self._proc: subprocess.Popen[bytes] | None = None
-        self._exited = trio.Event()
-        self._exited.set()
+        self._pidfd = -1
+        # One waiter on the pidfd at a time (trio allows one per fd); the others
+        # queue here and find the process already reaped.
+        self._wait_lock = trio.Lock()
 
     @property
     def pid(self) -> int | None:
         """The running containerd's PID, None when it is not running."""
-        return None if self._exited.is_set() or self._proc is None else self._proc.pid
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        return self._proc.pid
 
     @property
     def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.returncode
+        return None if self._proc is None else self._proc.poll()
 
     def write_config(self) -> None:
-        disabled = ", ".join(_toml_str(p) for p in DISABLED_PLUGINS)
-        self.config_path.write_text(
-            "# Written by pydockerd; rewritten at every start.\n"
-            "version = 2\n"
-            f"root = {_toml_str(self.root)}\n"
-            f"state = {_toml_str(self.state)}\n"
-            f"disabled_plugins = [{disabled}]\n"
-            "\n[grpc]\n"
-            f"  address = {_toml_str(self.socket_path)}\n"
-            "\n[ttrpc]\n"
-            f"  address = {_toml_str(self.socket_path + '.ttrpc')}\n"
-            "\n[debug]\n"
-            '  address = ""\n'  # no debug socket
-            '  level = "info"\n'
-        )
+        self.config_path.write_text(containerd_config(self.root, self.state, self.socket_path))
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         # Popen here rather than trio.lowlevel.open_process: trio forks from a
@@ -115,9 +117,9 @@ class ManagedContainerd:
         for d in (self.base, self.state, self.root):
             d.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.write_config()
+        self.close()
         self._proc = self._spawn()
-        self._exited = trio.Event()
-        self._nursery.start_soon(self._reap, self._proc, self._exited)
+        self._pidfd = os.pidfd_open(self._proc.pid)  # before anyone can reap it
         try:
             with trio.fail_after(start_timeout):
                 await self._wait_ready()
@@ -133,7 +135,7 @@ class ManagedContainerd:
     async def _wait_ready(self) -> None:
         async with open_containerd_client(self.socket_path, call_timeout=2.0) as client:
             while True:
-                if self._exited.is_set():
+                if self.pid is None:
                     raise ContainerdStartFailed(
                         f"containerd exited with status {self.returncode} at start; "
                         f"last log lines:\n{self._log_tail()}"
@@ -150,33 +152,31 @@ class ManagedContainerd:
         except OSError:
             return ""
 
-    @staticmethod
-    async def _reap(proc: subprocess.Popen[bytes], exited: trio.Event) -> None:
-        # A pidfd becomes readable when the process exits; only then wait(),
-        # which no longer blocks.
-        pidfd = os.pidfd_open(proc.pid)
-        try:
-            await trio.lowlevel.wait_readable(pidfd)
-        finally:
-            os.close(pidfd)
-        proc.wait()
-        exited.set()
-
     async def wait(self) -> int | None:
-        """Return when containerd exits (at once if it is not running)."""
-        await self._exited.wait()
+        """Return containerd's exit status once it exits (at once if not running)."""
+        async with self._wait_lock:
+            if self._proc is not None and self._proc.poll() is None:
+                # A pidfd turns readable when the process exits.
+                await trio.lowlevel.wait_readable(self._pidfd)
         return self.returncode
 
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds."""
-        if self._proc is None or self._exited.is_set():
+        if self._proc is None or self.pid is None:
             return
         self._proc.send_signal(signal.SIGTERM)
         with trio.move_on_after(grace):
-            await self._exited.wait()
+            await self.wait()
             return
         self._proc.kill()
-        await self._exited.wait()
+        await self.wait()
+
+    def close(self) -> None:
+        """Release the pidfd of a process that is gone."""
+        if self._pidfd >= 0 and self.pid is None:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
 
     async def restart(self, start_timeout: float = 30.0, stop_grace: float = 10.0) -> None:
         await self.stop(stop_grace)
@@ -193,11 +193,11 @@ async def open_managed_containerd(
     stop_grace: float = 10.0,
 ) -> AsyncIterator[ManagedContainerd]:
     """Run containerd for as long as the block runs; stop it (bounded) on exit."""
-    async with trio.open_nursery() as nursery:
-        managed = ManagedContainerd(Path(data_root), Path(exec_root), nursery, binary)
-        await managed.start(start_timeout)
-        try:
-            yield managed
-        finally:
-            with trio.CancelScope(shield=True):
-                await managed.stop(stop_grace)
+    managed = ManagedContainerd(Path(data_root), Path(exec_root), binary)
+    await managed.start(start_timeout)
+    try:
+        yield managed
+    finally:
+        with trio.CancelScope(shield=True):
+            await managed.stop(stop_grace)
+        managed.close()

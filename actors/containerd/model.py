@@ -237,9 +237,11 @@ def mount_to_pb(m: Mount) -> types_pb2.Mount:
     return types_pb2.Mount(type=m.type, source=m.source, target=m.target, options=m.options)
 
 
-def process_from_pb(p: task_types_pb2.Process) -> Process:
+def process_from_pb(p: task_types_pb2.Process, container_id: str) -> Process:
+    # containerd 1.6 leaves Process.container_id empty (it sets only `id`: the
+    # container ID for a task, the exec ID for an exec), so the caller says.
     return Process(
-        container_id=p.container_id,
+        container_id=p.container_id or container_id,
         id=p.id,
         pid=p.pid,
         status=TaskStatus(p.status),
