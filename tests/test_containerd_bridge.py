@@ -37,6 +37,7 @@ from actors.containerd.errors import (
 from actors.containerd.managed import containerd_config, open_managed_containerd
 from actors.containerd.model import (
     Mount,
+    RuncOptions,
     TaskCreate,
     TaskDelete,
     TaskExecAdded,
@@ -191,8 +192,10 @@ async def _cleanup(client: ContainerdClient) -> None:
 async def session(sock: str) -> AsyncIterator[ContainerdClient]:
     """trio-asyncio loop + client on a fresh namespace, cleaned up on exit."""
     ns = f"pdtest-{os.getpid()}-{secrets.token_hex(4)}"
+    # runc state next to the socket, not in the shim's default /run/containerd/runc.
+    runc = RuncOptions(root=str(Path(sock).parent / "runc"))
     async with trio_asyncio.open_loop():
-        async with open_containerd_client(sock, ns, call_timeout=20) as client:
+        async with open_containerd_client(sock, ns, call_timeout=20, runc_options=runc) as client:
             try:
                 yield client
             finally:

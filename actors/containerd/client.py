@@ -60,22 +60,26 @@ async def open_containerd_client(
     namespace: str = DEFAULT_NAMESPACE,
     *,
     call_timeout: float | None = 120.0,
+    runc_options: RuncOptions | None = None,
 ) -> AsyncIterator[ContainerdClient]:
     """A client on one gRPC channel. `call_timeout` bounds every unary call
-    except Wait, so a wedged containerd surfaces as ContainerdUnavailable."""
+    except Wait, so a wedged containerd surfaces as ContainerdUnavailable.
+    `runc_options` go on every container we create (set `root` under our
+    exec-root, or runc state lands in the shim's default /run/containerd/runc)."""
     aio: AioContainerd = await aio_as_trio(AioContainerd.connect)(
         socket_path, namespace, call_timeout
     )
     try:
-        yield ContainerdClient(aio)
+        yield ContainerdClient(aio, runc_options)
     finally:
         with trio.CancelScope(shield=True):
             await aio_as_trio(aio.close)()
 
 
 class ContainerdClient:
-    def __init__(self, aio: AioContainerd) -> None:
+    def __init__(self, aio: AioContainerd, runc_options: RuncOptions | None = None) -> None:
         self._aio = aio
+        self._runc_options = runc_options
         self._t = aio.tasks
         self._c = aio.containers
 
@@ -108,8 +112,8 @@ class ContainerdClient:
 
     # -- containers --------------------------------------------------------
 
-    @staticmethod
     def _container_request(
+        self,
         id: str,
         spec_json: bytes,
         runtime: str,
@@ -117,6 +121,8 @@ class ContainerdClient:
         runc_options: RuncOptions | None,
     ) -> containers_pb2.CreateContainerRequest:
         rt = containers_pb2.Container.Runtime(name=runtime)
+        # The shim falls back to these when a task brings no options of its own.
+        runc_options = runc_options or self._runc_options
         if runc_options is not None:
             rt.options.CopyFrom(runc_options_any(runc_options))
         container = containers_pb2.Container(
