@@ -211,8 +211,8 @@ async def test_version_and_introspection(containerd_socket: str) -> None:
             assert version.version.startswith("1.")
             assert version.revision
             assert await c.server_uuid()
-            plugins = {(t, i): ok for t, i, ok in await c.plugins()}
-            assert plugins[("io.containerd.grpc.v1", "tasks")]
+            plugins = {(p.type, p.id): p.init_error for p in await c.plugins()}
+            assert plugins[("io.containerd.grpc.v1", "tasks")] == ""
             assert ("io.containerd.grpc.v1", "cri") not in plugins  # disabled
             assert await c.list_tasks() == []
             assert c.open_streams() == 0
@@ -465,9 +465,24 @@ async def test_managed_containerd_kill_and_restart(rootfs: Mount) -> None:
                             await c.version()
                         with pytest.raises(ContainerdUnavailable):
                             await c.get_task(cid)
+                        with pytest.raises(ContainerdUnavailable):
+                            async with c.open_events():
+                                pass  # pragma: no cover
 
                 await managed.restart()
                 assert managed.pid not in (None, old_pid)
+
+                # A hung containerd: the call deadline turns it into Unavailable.
+                os.kill(managed.pid, signal.SIGSTOP)
+                try:
+                    async with open_containerd_client(
+                        managed.socket_path, c.namespace, call_timeout=0.5
+                    ) as impatient:
+                        with trio.fail_after(3), pytest.raises(ContainerdUnavailable):
+                            await impatient.version()
+                finally:
+                    os.kill(managed.pid, signal.SIGCONT)
+
                 assert (await c.version()).version  # same client reconnects
                 task = await c.get_task(cid)
                 assert (task.status, task.pid) == (TaskStatus.RUNNING, task_pid)

@@ -203,5 +203,6 @@ class AioSubscription:
         self._task.cancel()
         # asyncio.wait never raises, so a cancelled task does not cancel us.
         await asyncio.wait([self._task])
+        self._queue.put_nowait(ContainerdError("events subscription closed"))  # late get()s
         if self.sent.done() and not self.sent.cancelled():
             self.sent.exception()  # mark retrieved: no "never retrieved" warning

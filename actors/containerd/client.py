@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 from google.protobuf.empty_pb2 import Empty
@@ -42,16 +42,15 @@ from actors.containerd.proto import containers_pb2, introspection_pb2, tasks_pb2
 DEFAULT_NAMESPACE = "pydockerd"
 
 
-class Version(tuple[str, str]):
-    """(version, revision) as containerd reports them."""
+class Version(NamedTuple):
+    version: str
+    revision: str
 
-    @property
-    def version(self) -> str:
-        return self[0]
 
-    @property
-    def revision(self) -> str:
-        return self[1]
+class Plugin(NamedTuple):
+    type: str
+    id: str
+    init_error: str  # "" when the plugin loaded
 
 
 @asynccontextmanager
@@ -98,13 +97,12 @@ class ContainerdClient:
 
     async def version(self) -> Version:
         r = await self._call(self._aio.version.Version, Empty())
-        return Version((r.version, r.revision))
+        return Version(r.version, r.revision)
 
-    async def plugins(self, filters: Sequence[str] = ()) -> list[tuple[str, str, bool]]:
-        """(type, id, ok) for each plugin; ok is False when it failed to init."""
+    async def plugins(self, filters: Sequence[str] = ()) -> list[Plugin]:
         req = introspection_pb2.PluginsRequest(filters=filters)
         r = await self._call(self._aio.introspection.Plugins, req)
-        return [(p.type, p.id, not p.HasField("init_err")) for p in r.plugins]
+        return [Plugin(p.type, p.id, p.init_err.message) for p in r.plugins]
 
     async def server_uuid(self) -> str:
         r = await self._call(self._aio.introspection.Server, Empty())
