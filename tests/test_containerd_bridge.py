@@ -339,6 +339,29 @@ async def test_create_and_start_leaves_nothing_on_failure(
             assert await c.list_containers() == []
 
 
+async def test_cancelled_create_and_start_leaves_nothing(
+    containerd_socket: str, rootfs: Mount
+) -> None:
+    """Cancel the batched create at every stage: either it completed, or no
+    container or task of it remains."""
+    cancelled = 0
+    with trio.fail_after(30):
+        async with session(containerd_socket) as c:
+            for i, delay in enumerate((0, 0.001, 0.003, 0.01, 0.02, 0.04, 0.08, 0.15, 1)):
+                cid = f"cx{i}"
+                spec = oci_spec(c.namespace, cid, "/bin/busybox", "sleep", "60")
+                with trio.move_on_after(delay) as scope:
+                    await c.create_and_start(cid, spec, [rootfs])
+                if scope.cancelled_caught:
+                    cancelled += 1
+                    assert await c.list_tasks() == [], delay
+                    assert await c.list_containers() == [], delay
+                else:
+                    await _cleanup(c)
+                assert c.open_streams() == 0
+    assert cancelled >= 3
+
+
 async def test_events_survive_200_cycles(containerd_socket: str, rootfs: Mount) -> None:
     """200 create/start/exit/delete cycles (8 at a time) on one channel with one
     subscription: every exit arrives, nothing leaks, unary calls still answer."""

@@ -114,28 +114,29 @@ class AioContainerd:
         task: tasks_pb2.CreateTaskRequest,
     ) -> int:
         """Containers.Create + Tasks.Create + Tasks.Start in one crossing; on
-        failure undo what was done so no half-made container stays behind."""
+        failure remove what was made. The trio side shields this coroutine: a
+        call cancelled mid-flight may still take effect in containerd, and
+        cleaning up after that would race it."""
         cid = task.container_id
         await self.call(self.containers.Create, container)
         try:
             await self.call(self.tasks.Create, task)
-            try:
-                started = await self.call(
-                    self.tasks.Start, tasks_pb2.StartRequest(container_id=cid)
-                )
-            except BaseException:
-                with contextlib.suppress(ContainerdError):
-                    await self.call(
-                        self.tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=cid)
-                    )
-                raise
+            started = await self.call(self.tasks.Start, tasks_pb2.StartRequest(container_id=cid))
         except BaseException:
-            with contextlib.suppress(ContainerdError):
-                await self.call(
-                    self.containers.Delete, containers_pb2.DeleteContainerRequest(id=cid)
-                )
+            await self.remove(cid)
             raise
         return started.pid
+
+    async def remove(self, cid: str) -> None:
+        """Best effort: kill and reap the container's task, delete it and the
+        record (Delete refuses a live task). Each step is bounded by call_timeout."""
+        with contextlib.suppress(ContainerdError):
+            await self.call(self.tasks.Kill, tasks_pb2.KillRequest(container_id=cid, signal=9))
+            await self.call(self.tasks.Wait, tasks_pb2.WaitRequest(container_id=cid))
+        with contextlib.suppress(ContainerdError):
+            await self.call(self.tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=cid))
+        with contextlib.suppress(ContainerdError):
+            await self.call(self.containers.Delete, containers_pb2.DeleteContainerRequest(id=cid))
 
     async def subscribe(self, filters: list[str], maxsize: int) -> AioSubscription:
         sub = AioSubscription(self, filters, maxsize)

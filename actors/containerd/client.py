@@ -2,6 +2,8 @@
 
 Every method crosses into asyncio once (`aio_as_trio`) and raises only the
 typed errors of `errors.py`. Must be used inside `trio_asyncio.open_loop()`.
+Cancelling a call is safe for the connection, but as with any RPC a call
+cancelled mid-flight may still take effect in containerd.
 """
 
 from __future__ import annotations
@@ -207,11 +209,21 @@ class ContainerdClient:
         labels: Mapping[str, str] | None = None,
         runc_options: RuncOptions | None = None,
     ) -> int:
-        """create_container + create_task + start_task in one crossing; on failure
-        nothing is left behind. Returns the pid."""
+        """create_container + create_task + start_task in one crossing; returns
+        the pid. On failure nothing is left behind; on cancellation the batch
+        first finishes (each call is bounded by call_timeout), is then undone, and
+        Cancelled propagates: nobody would know about the container otherwise."""
         creq = self._container_request(id, spec_json, runtime, labels, runc_options)
         treq = self._task_request(id, rootfs, stdin, stdout, stderr, terminal, runc_options)
-        return int(await aio_as_trio(self._aio.create_and_start)(creq, treq))
+        with trio.CancelScope(shield=True):
+            pid = int(await aio_as_trio(self._aio.create_and_start)(creq, treq))
+        try:
+            await trio.lowlevel.checkpoint()  # a cancel that arrived meanwhile lands here
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await aio_as_trio(self._aio.remove)(id)
+            raise
+        return pid
 
     async def start_task(self, id: str, exec_id: str = "") -> int:
         r = await self._call(
