@@ -6,7 +6,7 @@
 # `from actors.containerd.proto import x_pb2`: no post-processing needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-.venv/bin/python}"
+PY="${PROTOC_PYTHON:-.venv/bin/python}"  # not $PYTHON: the Makefile uses that for python3
 BIN="$(dirname "$PY")"
 OUT=actors/containerd/proto
 rm -f "$OUT"/*_pb2.py "$OUT"/*_pb2.pyi "$OUT"/*_grpc.py
