@@ -117,13 +117,18 @@ class ApiService:
             nursery.start_soon(self._build_app, self.settings)
             task_status.started(self)
             await stopping.wait()
-            for scope in self._hosts.values():
-                scope.cancel()
-            self._hosts.clear()
-            self.server.drain()
+            self.drain()
             with trio.move_on_after(15):
                 await self.server.stopped.wait()
             nursery.cancel_scope.cancel()
+
+    def drain(self) -> None:
+        """Close every listener and let in-flight requests finish (bounded by the server)."""
+        for scope in self._hosts.values():
+            scope.cancel()
+        self._hosts.clear()
+        if self.server is not None:
+            self.server.drain()
 
     @property
     def hosts(self) -> Sequence[str]:

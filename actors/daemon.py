@@ -17,6 +17,7 @@ import config
 from actors import events as events_actor
 from actors import signals
 from actors.api import ApiService, ListenConfig
+from actors.containerd.bridge import ContainerdBridge
 from actors.events import EventsService
 from api.context import ApiContext, ApiSettings
 from api.listeners import ListenerError, TlsFiles
@@ -80,6 +81,13 @@ class Daemon:
             supervisor=lambda: self.supervisor,
         )
         self.api = ApiService(self.context, api_settings(cfg), listen_config(cfg))
+        self.containerd = ContainerdBridge(
+            address=cfg.containerd,
+            namespace=cfg.containerd_namespace,
+            data_root=Path(cfg.data_root),
+            exec_root=Path(cfg.exec_root),
+        )
+        self.context.actors["containerd"] = self.containerd
         self._reload_lock = trio.Lock()
 
     def children(self) -> list[ChildSpec]:
@@ -92,14 +100,19 @@ class Daemon:
                 shutdown=1.0,
             ),
             ChildSpec(id="events", start=partial(events_actor.run, self.events), shutdown=1.0),
+            # The API starts early so /_ping answers at once; requests for the actors
+            # below wait for them briefly. At stop it is drained first (see `stop`).
             ChildSpec(id="api", start=self.api.run, shutdown=20.0),
+            ChildSpec(id="containerd", start=self.containerd.run, shutdown=15.0),
         ]
 
     async def run(self) -> None:
         """Serve until stopped; raise what made the daemon fail."""
+        import trio_asyncio  # grpclib (containerd) needs one asyncio loop around everything
+
         supervisor = Supervisor(self.children())
         self.supervisor = supervisor
-        async with trio.open_nursery() as nursery:
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
             log.info("Daemon has completed initialization")
             notify("READY=1")
@@ -107,7 +120,9 @@ class Daemon:
         self.events.close()
 
     def stop(self) -> None:
+        """Stop accepting API requests first, then stop the actors in reverse order."""
         notify("STOPPING=1")
+        self.api.drain()
         if self.supervisor is not None:
             self.supervisor.stop()
 

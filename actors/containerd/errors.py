@@ -6,32 +6,31 @@ no grpclib exception ever reaches trio code.
 
 from __future__ import annotations
 
-
-class ContainerdError(Exception):
-    """A containerd call failed; `message` is containerd's own text."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+from kernel import errors
 
 
-class NotFound(ContainerdError):
+class ContainerdError(errors.DaemonError):
+    """A containerd call failed; `message` is containerd's own text. Each class is also
+    the daemon error class the API maps to a status code."""
+
+
+class NotFound(ContainerdError, errors.NotFound):
     pass
 
 
-class AlreadyExists(ContainerdError):
+class AlreadyExists(ContainerdError, errors.Conflict):
     pass
 
 
-class FailedPrecondition(ContainerdError):
+class FailedPrecondition(ContainerdError, errors.Conflict):
     pass
 
 
-class InvalidArgument(ContainerdError):
+class InvalidArgument(ContainerdError, errors.InvalidParameter):
     pass
 
 
-class ContainerdUnavailable(ContainerdError):
+class ContainerdUnavailable(ContainerdError, errors.Unavailable):
     """containerd cannot be reached: socket gone, connection lost, deadline hit."""
 
     def __init__(self, message: str = "containerd is not available") -> None:
