@@ -13,9 +13,11 @@ import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import trio
 
+from api.asgi import ASGIApp
 from api.context import ApiContext, ApiSettings
 from api.edge import ApiEdge
 from api.h1server import H1Server
@@ -52,7 +54,7 @@ class ApiService:
         await trio.to_thread.run_sync(importlib.import_module, "api.app")
         from api.app import create_app
 
-        self.edge.swap(create_app(self.context, settings))
+        self.edge.swap(cast(ASGIApp, create_app(self.context, settings)))
         self.settings = settings
         self.ready.set()
 

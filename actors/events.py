@@ -137,16 +137,16 @@ class EventsService:
                 deadline = _deadline(until_ns)
                 while True:
                     # No yield inside the cancel scope: the scope wraps one receive only.
-                    event: Event | None = None
+                    received: Event | None = None
                     with trio.move_on_at(deadline):
                         try:
-                            event = await live.receive()
+                            received = await live.receive()
                         except trio.EndOfChannel:  # the daemon is shutting down
                             return
-                    if event is None or (until_ns is not None and event.timeNano > until_ns):
+                    if received is None or (until_ns is not None and received.timeNano > until_ns):
                         return
-                    if event.timeNano > last and matches(event, filters):
-                        yield event
+                    if received.timeNano > last and matches(received, filters):
+                        yield received
 
             yield events()
 

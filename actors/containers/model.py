@@ -1,0 +1,178 @@
+"""A container as the containers actor keeps it, persists it and shows it to the API.
+
+Field names are the Engine API's, so inspect is the record itself plus derived fields.
+`Config` and `HostConfig` stay plain JSON objects: every field a client sent survives a
+round trip through inspect, and the actor reads the ones it acts on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def now_rfc3339() -> str:
+    ns = time.time_ns()
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000))
+    return f"{seconds}.{ns % 1_000_000_000:09d}Z"
+
+
+class State(msgspec.Struct, kw_only=True):
+    Status: str = "created"  # created running paused restarting removing exited dead
+    Running: bool = False
+    Paused: bool = False
+    Restarting: bool = False
+    OOMKilled: bool = False
+    Dead: bool = False
+    Pid: int = 0
+    ExitCode: int = 0
+    Error: str = ""
+    StartedAt: str = ZERO_TIME
+    FinishedAt: str = ZERO_TIME
+
+    def set_running(self, pid: int) -> None:
+        self.Status, self.Running, self.Paused, self.Restarting = "running", True, False, False
+        self.Pid, self.ExitCode, self.Error, self.OOMKilled = pid, 0, "", False
+        self.StartedAt = now_rfc3339()
+
+    def set_exited(self, code: int, *, oom: bool = False, error: str = "") -> None:
+        self.Status, self.Running, self.Paused, self.Restarting = "exited", False, False, False
+        self.Pid, self.ExitCode, self.OOMKilled, self.Error = 0, code, oom, error
+        self.FinishedAt = now_rfc3339()
+
+
+class Container(msgspec.Struct, kw_only=True):
+    Id: str
+    Created: str
+    Path: str
+    Args: list[str]
+    Config: dict[str, Any]
+    HostConfig: dict[str, Any]
+    State: State
+    Image: str
+    Name: str
+    Driver: str = ""
+    LogPath: str = ""
+    ResolvConfPath: str = ""
+    HostnamePath: str = ""
+    HostsPath: str = ""
+    RestartCount: int = 0
+    Platform: str = "linux"
+    NetworkSettings: dict[str, Any] = msgspec.field(default_factory=dict)
+    Mounts: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    # Bookkeeping dockerd keeps too (restart policies, `dead` after a torn removal).
+    HasBeenStartedBefore: bool = False
+    HasBeenManuallyStopped: bool = False
+    RemovalInProgress: bool = False
+
+    @property
+    def short_id(self) -> str:
+        return self.Id[:12]
+
+    @property
+    def tty(self) -> bool:
+        return bool(self.Config.get("Tty"))
+
+    def image_name(self) -> str:
+        return str(self.Config.get("Image") or self.Image)
+
+    def inspect(self) -> dict[str, Any]:
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        for key in ("HasBeenStartedBefore", "HasBeenManuallyStopped", "RemovalInProgress"):
+            data.pop(key)
+        data["ExecIDs"] = None
+        data["MountLabel"] = ""
+        data["ProcessLabel"] = ""
+        data["AppArmorProfile"] = ""
+        data["GraphDriver"] = {"Name": self.Driver, "Data": None}
+        return data
+
+    def summary(self) -> dict[str, Any]:
+        """The `/containers/json` entry (docker ps)."""
+        ports: list[dict[str, Any]] = []
+        for private, bindings in (self.NetworkSettings.get("Ports") or {}).items():
+            port, _, proto = private.partition("/")
+            for binding in bindings or [{}]:
+                entry: dict[str, Any] = {"PrivatePort": int(port), "Type": proto or "tcp"}
+                if binding.get("HostPort"):
+                    entry["PublicPort"] = int(binding["HostPort"])
+                    entry["IP"] = binding.get("HostIp") or "0.0.0.0"
+                ports.append(entry)
+        command = " ".join(
+            msgspec.json.encode(a).decode() if " " in a else a for a in [self.Path, *self.Args] if a
+        )
+        return {
+            "Id": self.Id,
+            "Names": [self.Name],
+            "Image": self.image_name(),
+            "ImageID": self.Image,
+            "Command": command,
+            "Created": _unix(self.Created),
+            "Ports": ports,
+            "Labels": self.Config.get("Labels") or {},
+            "State": self.State.Status,
+            "Status": status_text(self.State),
+            "HostConfig": {"NetworkMode": self.HostConfig.get("NetworkMode") or "default"},
+            "NetworkSettings": {"Networks": self.NetworkSettings.get("Networks") or {}},
+            "Mounts": self.Mounts,
+        }
+
+
+def _unix(rfc3339: str) -> int:
+    base = rfc3339.split(".")[0].rstrip("Z")
+    return int(time.mktime(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))) - time.timezone
+
+
+def human_duration(seconds: float) -> str:
+    """Go's units.HumanDuration, as `docker ps` shows ages."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(s / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
+
+
+def status_text(state: State) -> str:
+    """The human `Status` column of docker ps (moby container/state.go String)."""
+    now = time.time()
+    if state.Running:
+        age = human_duration(now - _unix(state.StartedAt))
+        if state.Paused:
+            return f"Up {age} (Paused)"
+        if state.Restarting:
+            return (
+                f"Restarting ({state.ExitCode}) {human_duration(now - _unix(state.FinishedAt))} ago"
+            )
+        return f"Up {age}"
+    if state.Status == "removing":
+        return "Removal In Progress"
+    if state.Dead:
+        return "Dead"
+    if state.StartedAt == ZERO_TIME:
+        return "Created"
+    if state.FinishedAt == ZERO_TIME:
+        return ""
+    return f"Exited ({state.ExitCode}) {human_duration(now - _unix(state.FinishedAt))} ago"

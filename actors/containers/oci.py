@@ -1,0 +1,242 @@
+"""From a container's Config and HostConfig to the pieces of its OCI spec."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from actors.containers.model import Container
+from actors.containers.spec import DEFAULT_PATH
+from kernel.errors import InvalidParameter
+
+DEFAULT_SHM_SIZE = 64 * 1024 * 1024
+CPU_PERIOD = 100_000
+
+_FALLBACK_DNS = ("8.8.8.8", "8.8.4.4")
+
+
+def merge_env(image_env: list[str], user_env: list[str]) -> list[str]:
+    """Image variables first, overridden by name with the user's (ReplaceOrAppendEnvValues)."""
+    order: list[str] = []
+    values: dict[str, str] = {}
+    for entry in [*image_env, *user_env]:
+        key = entry.split("=", 1)[0]
+        if key not in values:
+            order.append(key)
+        values[key] = entry
+    return [values[k] for k in order]
+
+
+def process_env(container: Container, hostname: str) -> list[str]:
+    """The environment dockerd gives a process: PATH (unless set), HOSTNAME, TERM with a TTY."""
+    env = list(container.Config.get("Env") or [])
+    keys = {e.split("=", 1)[0] for e in env}
+    head = [] if "PATH" in keys else [f"PATH={DEFAULT_PATH}"]
+    head.append(f"HOSTNAME={hostname}")
+    if container.tty and "TERM" not in keys:
+        head.append("TERM=xterm")
+    return head + env
+
+
+def _read_lines(path: Path) -> list[list[str]]:
+    try:
+        return [
+            line.split(":")
+            for line in path.read_text().splitlines()
+            if line and not line.startswith("#")
+        ]
+    except OSError:
+        return []
+
+
+def resolve_user(rootfs: Path, user: str, group_add: list[str]) -> tuple[int, int, list[int]]:
+    """`-u` as dockerd resolves it against the image's /etc/passwd and /etc/group."""
+    name, _, group = (user or "0").partition(":")
+    passwd = _read_lines(rootfs / "etc/passwd")
+    groups = _read_lines(rootfs / "etc/group")
+    uid: int | None = None
+    gid = 0
+    user_name = ""
+    for entry in passwd:
+        if len(entry) >= 4 and (entry[0] == name or entry[2] == name):
+            uid, gid, user_name = int(entry[2]), int(entry[3]), entry[0]
+            break
+    if uid is None:
+        if not name.isdigit():
+            raise InvalidParameter(
+                f"unable to find user {name}: no matching entries in passwd file"
+            )
+        uid = int(name)
+    if group:
+        found = next((g for g in groups if len(g) >= 3 and (g[0] == group or g[2] == group)), None)
+        if found is not None:
+            gid = int(found[2])
+        elif group.isdigit():
+            gid = int(group)
+        else:
+            raise InvalidParameter(
+                f"unable to find group {group}: no matching entries in group file"
+            )
+    extra: list[int] = []
+    for g in groups:
+        if len(g) >= 4 and user_name and user_name in g[3].split(",") and int(g[2]) != gid:
+            extra.append(int(g[2]))
+    for wanted in group_add:
+        found = next(
+            (g for g in groups if len(g) >= 3 and (g[0] == wanted or g[2] == wanted)), None
+        )
+        if found is not None:
+            extra.append(int(found[2]))
+        elif wanted.isdigit():
+            extra.append(int(wanted))
+        else:
+            raise InvalidParameter(
+                f"unable to find group {wanted}: no matching entries in group file"
+            )
+    return uid, gid, extra
+
+
+def resources(host_config: dict[str, Any]) -> dict[str, Any]:
+    """linux.resources from HostConfig's limits."""
+    out: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
+    if host_config.get("Memory"):
+        memory["limit"] = host_config["Memory"]
+        swap = host_config.get("MemorySwap") or 0
+        # dockerd: unset swap = twice the memory; -1 = unlimited.
+        memory["swap"] = swap if swap else host_config["Memory"] * 2
+    if host_config.get("MemoryReservation"):
+        memory["reservation"] = host_config["MemoryReservation"]
+    if memory:
+        out["memory"] = memory
+    cpu: dict[str, Any] = {}
+    if host_config.get("NanoCpus"):
+        cpu["period"] = CPU_PERIOD
+        cpu["quota"] = host_config["NanoCpus"] * CPU_PERIOD // 1_000_000_000
+    if host_config.get("CpuQuota"):
+        cpu["quota"] = host_config["CpuQuota"]
+    if host_config.get("CpuPeriod"):
+        cpu["period"] = host_config["CpuPeriod"]
+    if host_config.get("CpuShares"):
+        cpu["shares"] = host_config["CpuShares"]
+    if host_config.get("CpusetCpus"):
+        cpu["cpus"] = host_config["CpusetCpus"]
+    if host_config.get("CpusetMems"):
+        cpu["mems"] = host_config["CpusetMems"]
+    if cpu:
+        out["cpu"] = cpu
+    pids = host_config.get("PidsLimit")
+    if pids:
+        out["pids"] = {"limit": pids}
+    if host_config.get("BlkioWeight"):
+        out["blockIO"] = {"weight": host_config["BlkioWeight"]}
+    return out
+
+
+def rlimits(host_config: dict[str, Any], defaults: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    limits = {u["Name"]: u for u in defaults}
+    for ulimit in host_config.get("Ulimits") or []:
+        limits[ulimit["Name"]] = ulimit
+    return [
+        {"type": f"RLIMIT_{name.upper()}", "soft": u["Soft"], "hard": u["Hard"]}
+        for name, u in limits.items()
+    ]
+
+
+def bind_mounts(host_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """`-v host:ctr[:opts]` binds, `--tmpfs`, and `--mount type=bind|tmpfs`."""
+    mounts: list[dict[str, Any]] = []
+    for bind in host_config.get("Binds") or []:
+        parts = bind.split(":")
+        if len(parts) < 2 or not parts[0].startswith("/"):
+            continue  # named volumes: the volumes actor
+        source, dest = parts[0], parts[1]
+        opts = parts[2].split(",") if len(parts) > 2 else []
+        os.makedirs(source, exist_ok=True)  # dockerd creates a missing host directory for -v
+        mode = "ro" if "ro" in opts else "rw"
+        propagation = next(
+            (o for o in opts if o.lstrip("r") in ("shared", "slave", "private")), "rprivate"
+        )
+        mounts.append(
+            {
+                "destination": dest,
+                "type": "bind",
+                "source": source,
+                "options": ["rbind", propagation, mode],
+            }
+        )
+    for dest, options in (host_config.get("Tmpfs") or {}).items():
+        opts = ["nosuid", "nodev", "noexec", *[o for o in options.split(",") if o]]
+        mounts.append({"destination": dest, "type": "tmpfs", "source": "tmpfs", "options": opts})
+    for mount in host_config.get("Mounts") or []:
+        kind = mount.get("Type", "volume")
+        target = mount.get("Target", "")
+        if kind == "bind":
+            if not os.path.exists(mount.get("Source", "")):
+                raise InvalidParameter(
+                    'invalid mount config for type "bind": bind source path does not exist: '
+                    + str(mount.get("Source"))
+                )
+            mode = "ro" if mount.get("ReadOnly") else "rw"
+            propagation = (mount.get("BindOptions") or {}).get("Propagation") or "rprivate"
+            mounts.append(
+                {
+                    "destination": target,
+                    "type": "bind",
+                    "source": mount["Source"],
+                    "options": ["rbind", propagation, mode],
+                }
+            )
+        elif kind == "tmpfs":
+            opts = ["nosuid", "nodev", "noexec"]
+            tmpfs = mount.get("TmpfsOptions") or {}
+            if tmpfs.get("SizeBytes"):
+                opts.append(f"size={tmpfs['SizeBytes']}")
+            if tmpfs.get("Mode"):
+                opts.append(f"mode={tmpfs['Mode']:o}")
+            mounts.append(
+                {"destination": target, "type": "tmpfs", "source": "tmpfs", "options": opts}
+            )
+    return mounts
+
+
+def resolv_conf() -> str:
+    """The host's resolv.conf without loopback nameservers (unreachable from a container)."""
+    try:
+        lines = Path("/etc/resolv.conf").read_text().splitlines()
+    except OSError:
+        lines = []
+    kept = [
+        line
+        for line in lines
+        if not (
+            line.startswith("nameserver")
+            and (line.split()[1:2] or [""])[0].startswith(("127.", "::1"))
+        )
+    ]
+    if not any(line.startswith("nameserver") for line in kept):
+        kept += [f"nameserver {ns}" for ns in _FALLBACK_DNS]
+    return "\n".join(kept) + "\n"
+
+
+def hosts_file(hostname: str, address: str | None, extra_hosts: list[str]) -> str:
+    lines = [
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        "fe00::0\tip6-localnet",
+        "ff00::0\tip6-mcastprefix",
+        "ff02::1\tip6-allnodes",
+        "ff02::2\tip6-allrouters",
+    ]
+    for entry in extra_hosts:
+        name, _, ip = entry.partition(":")
+        lines.append(f"{ip}\t{name}")
+    if address:
+        lines.append(f"{address}\t{hostname}")
+    return "\n".join(lines) + "\n"
+
+
+def host_hostname() -> str:
+    return socket.gethostname()

@@ -1,0 +1,767 @@
+"""The containers actor: container records and their state machine on top of containerd.
+
+Requests run in the caller's task under a per-container lock (reads take no lock: they
+use the store's snapshot). Exits arrive on the containerd bridge's event topic; after a
+(re)connection the actor reconciles with containerd's task list, so an exit missed while
+disconnected is still seen. Output copiers run in the actor's own nursery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal as signals
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+import trio
+
+from actors.containerd.bridge import ContainerdBridge, Reconnected
+from actors.containerd.errors import ContainerdError
+from actors.containerd.errors import NotFound as TaskNotFound
+from actors.containerd.model import TaskExit, TaskOOM, TaskStatus
+from actors.containers import oci
+from actors.containers.logfile import LogWriter, parse_size
+from actors.containers.model import Container, State, now_rfc3339
+from actors.containers.spec import build_spec
+from actors.containers.stdio import FifoSet, ProcessIO
+from actors.containers.store import ContainerStore
+from actors.containers.streams import OutputHub
+from actors.events import EventsService
+from kernel.errors import Conflict, InvalidParameter, NotModified, Unavailable
+from kernel.fsutil import atomic_write
+
+log = logging.getLogger("pydockerd.containers")
+
+DEFAULT_STOP_TIMEOUT = 10
+MIN_MEMORY = 6 * 1024 * 1024
+
+
+class ImageProvider(Protocol):
+    """What the containers actor needs from the images actor."""
+
+    async def resolve_for_container(self, ref: str) -> tuple[str, dict[str, Any]]:
+        """(image ID, the image's `config` object); NotFound `No such image: REF`."""
+        ...
+
+    async def create_rw_layer(self, container_id: str, image_id: str) -> None: ...
+    async def mount_rw_layer(self, container_id: str) -> str: ...
+    async def unmount_rw_layer(self, container_id: str) -> None: ...
+    async def remove_rw_layer(self, container_id: str) -> None: ...
+
+    @property
+    def driver_name(self) -> str: ...
+
+
+@dataclass(eq=False)
+class Runtime:
+    """What exists only while a container's process runs (never persisted)."""
+
+    io: ProcessIO | None = None
+    hub: OutputHub = field(default_factory=OutputHub)
+    logger: LogWriter | None = None
+    exited: trio.Event = field(default_factory=trio.Event)
+    stopping: bool = False
+
+
+class ContainersService:
+    def __init__(
+        self,
+        *,
+        root: Path,
+        exec_root: Path,
+        bridge: ContainerdBridge,
+        images: ImageProvider,
+        events: EventsService,
+        cgroup_parent: str = "/pydockerd",
+        default_ulimits: Callable[[], list[dict[str, Any]]] = list,
+    ) -> None:
+        self.store = ContainerStore(root)
+        self.root = root
+        self.exec_root = exec_root
+        self.bridge = bridge
+        self.images = images
+        self.events = events
+        self.cgroup_parent = cgroup_parent
+        self.default_ulimits = default_ulimits
+        self._locks: dict[str, trio.Lock] = {}
+        self._runtime: dict[str, Runtime] = {}
+        self._changed = trio.Event()  # set on every state change (waiters re-check)
+        self._nursery: trio.Nursery | None = None
+        self._loaded = False
+
+    # -- the actor -------------------------------------------------------------
+
+    async def run(self, *, stopping: trio.Event, task_status: trio.TaskStatus[Any]) -> None:
+        if not self._loaded:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.store.load_all()
+            self._loaded = True
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            subscribed = trio.Event()
+            nursery.start_soon(self._monitor, subscribed)
+            await subscribed.wait()
+            task_status.started(self)
+            await stopping.wait()
+            nursery.cancel_scope.cancel()
+        self._nursery = None
+
+    async def _monitor(self, subscribed: trio.Event) -> None:
+        """Follow containerd's task events; reconcile after every (re)connection."""
+        async with self.bridge.events.subscribe() as events:
+            subscribed.set()
+            async for event in events:
+                if isinstance(event, Reconnected):
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._reconcile)
+                elif isinstance(event, TaskExit) and event.id == event.container_id:
+                    self._spawn(self._handle_exit, event.container_id)
+                elif isinstance(event, TaskOOM):
+                    container = self._find(event.container_id)
+                    if container is not None:
+                        container.State.OOMKilled = True
+                        self._publish(container, "oom")
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._nursery is None:
+            raise Unavailable("containers is not available")
+        self._nursery.start_soon(fn, *args)
+
+    def _find(self, cid: str) -> Container | None:
+        try:
+            return self.store.get(cid)
+        except Exception:
+            return None
+
+    async def _reconcile(self) -> None:
+        """Match our running containers with containerd's tasks; reattach or mark exited."""
+        client = await self.bridge.wait_client()
+        tasks = {t.container_id: t for t in await client.list_tasks()}
+        for container in self.store:
+            if not container.State.Running:
+                continue
+            task = tasks.get(container.Id)
+            if task is None:
+                async with self._lock(container.Id):
+                    self._finish_exit(container, 255, "")
+            elif task.status == TaskStatus.STOPPED:
+                self._spawn(self._handle_exit, container.Id)
+            elif container.Id not in self._runtime:
+                self._reattach(container, task.status == TaskStatus.PAUSED)
+
+    def _reattach(self, container: Container, paused: bool) -> None:
+        """A task that outlived us (daemon restart): reopen its FIFOs and go on logging."""
+        fifos = self._fifos(container)
+        runtime = Runtime()
+        runtime.io = ProcessIO(
+            fifos, with_stdin=bool(container.Config.get("OpenStdin")), before_create=False
+        )
+        runtime.logger = self._logger(container)
+        self._runtime[container.Id] = runtime
+        container.State.Paused = paused
+        container.State.Status = "paused" if paused else "running"
+        self.store.refresh(container)
+        self._spawn(runtime.hub.copy, runtime.io, runtime.logger.write)
+        log.info("reattached to running container %s", container.short_id)
+
+    # -- helpers -----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _lock(self, cid: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(cid, trio.Lock())
+        async with lock:
+            yield
+
+    def _publish(
+        self, container: Container, action: str, extra: dict[str, str] | None = None
+    ) -> None:
+        attributes = {"image": container.image_name(), "name": container.Name.lstrip("/")}
+        attributes.update(container.Config.get("Labels") or {})
+        attributes.update(extra or {})
+        self.events.publish("container", action, container.Id, attributes)
+
+    def _changed_now(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _fifos(self, container: Container) -> FifoSet:
+        return FifoSet.for_process(
+            self.exec_root / "containers" / container.Id, "init", terminal=container.tty
+        )
+
+    def _logger(self, container: Container) -> LogWriter:
+        log_config = container.HostConfig.get("LogConfig") or {}
+        options = log_config.get("Config") or {}
+        return LogWriter(
+            Path(container.LogPath),
+            max_size=parse_size(options["max-size"]) if options.get("max-size") else 0,
+            max_file=int(options.get("max-file", "1")),
+        )
+
+    # -- create ------------------------------------------------------------------
+
+    async def create(self, name: str, body: dict[str, Any]) -> tuple[str, list[str]]:
+        host_config: dict[str, Any] = body.pop("HostConfig", None) or {}
+        body.pop("NetworkingConfig", None)
+        config = body
+        warnings = validate_host_config(host_config)
+        ref = config.get("Image") or ""
+        if not ref:
+            raise InvalidParameter("no image specified")  # dockerd: config has no image
+        image_id, image_config = await self.images.resolve_for_container(ref)
+        merge_image_config(config, image_config)
+        entrypoint = list(config.get("Entrypoint") or [])
+        cmd = list(config.get("Cmd") or [])
+        argv = entrypoint + cmd
+        if not argv:
+            raise InvalidParameter("No command specified")
+        cid = self.store.new_id()
+        full_name = self.store.reserve_name(name, cid)
+        try:
+            directory = self.root / cid
+            directory.mkdir(mode=0o710)
+            config.setdefault("Hostname", cid[:12])
+            if (host_config.get("NetworkMode") or "default") == "host":
+                config["Hostname"] = oci.host_hostname()
+            host_config.setdefault("NetworkMode", "default")
+            host_config.setdefault("LogConfig", {"Type": "json-file", "Config": {}})
+            host_config.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
+            await self.images.create_rw_layer(cid, image_id)
+            container = Container(
+                Id=cid,
+                Created=now_rfc3339(),
+                Path=argv[0],
+                Args=argv[1:],
+                Config=config,
+                HostConfig=host_config,
+                State=State(),
+                Image=image_id,
+                Name=full_name,
+                Driver=self.images.driver_name,
+                LogPath=str(directory / f"{cid}-json.log"),
+                ResolvConfPath=str(directory / "resolv.conf"),
+                HostnamePath=str(directory / "hostname"),
+                HostsPath=str(directory / "hosts"),
+                NetworkSettings=empty_network_settings(),
+            )
+            self._write_etc_files(container)
+            self.store.add(container)
+        except BaseException:
+            self.store.release_name(full_name)
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.images.remove_rw_layer(cid)
+                except Exception:
+                    pass
+            shutil.rmtree(self.root / cid, ignore_errors=True)
+            raise
+        self._publish(container, "create")
+        return cid, warnings
+
+    def _write_etc_files(self, container: Container) -> None:
+        hostname = container.Config.get("Hostname") or container.short_id
+        atomic_write(Path(container.HostnamePath), f"{hostname}\n".encode())
+        atomic_write(
+            Path(container.HostsPath),
+            oci.hosts_file(hostname, None, container.HostConfig.get("ExtraHosts") or []).encode(),
+        )
+        atomic_write(Path(container.ResolvConfPath), oci.resolv_conf().encode())
+
+    # -- start -------------------------------------------------------------------
+
+    async def start(self, ref: str) -> None:
+        container = self.store.get(ref)
+        async with self._lock(container.Id):
+            state = container.State
+            if state.Paused:
+                raise Conflict("cannot start a paused container, try unpause instead")
+            if state.Running:
+                raise NotModified("container already started")
+            if state.Status in ("removing", "dead") or container.RemovalInProgress:
+                raise Conflict("container is marked for removal and cannot be started")
+            await self._start_locked(container)
+
+    async def _start_locked(self, container: Container) -> None:
+        client = await self.bridge.wait_client()
+        rootfs = Path(await self.images.mount_rw_layer(container.Id))
+        runtime = Runtime()
+        try:
+            spec = self._spec(container, rootfs)
+            fifos = self._fifos(container)
+            with_stdin = bool(container.Config.get("OpenStdin"))
+            runtime.io = ProcessIO(fifos, with_stdin=with_stdin, before_create=True)
+            runtime.logger = self._logger(container)
+            # A leftover container record in containerd (crash mid-removal) blocks create.
+            try:
+                await client.delete_container(container.Id)
+            except TaskNotFound:
+                pass
+            pid = await client.create_and_start(
+                container.Id,
+                msgspec.json.encode(spec),
+                (),
+                fifos.stdin if with_stdin else "",
+                fifos.stdout,
+                fifos.stderr,
+                container.tty,
+            )
+            runtime.io.release_holds()
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                if runtime.io is not None:
+                    await runtime.io.aclose()
+                if runtime.logger is not None:
+                    runtime.logger.close()
+                await self.images.unmount_rw_layer(container.Id)
+            if isinstance(exc, ContainerdError | InvalidParameter):
+                container.State.Error = exc.message
+                container.State.ExitCode = 128
+                self.store.save(container)
+                if isinstance(exc, ContainerdError) and not isinstance(exc, Unavailable):
+                    raise InvalidParameter(
+                        f"failed to create task for container: {exc.message}"
+                    ) from None
+            raise
+        self._runtime[container.Id] = runtime
+        container.State.set_running(pid)
+        container.HasBeenStartedBefore = True
+        container.HasBeenManuallyStopped = False
+        self.store.save(container)
+        self._spawn(runtime.hub.copy, runtime.io, runtime.logger.write)
+        self._publish(container, "start")
+        self._changed_now()
+
+    def _spec(self, container: Container, rootfs: Path) -> dict[str, Any]:
+        config, host = container.Config, container.HostConfig
+        hostname = config.get("Hostname") or container.short_id
+        uid, gid, groups = oci.resolve_user(
+            rootfs, config.get("User") or "", host.get("GroupAdd") or []
+        )
+        etc_files = {
+            "/etc/resolv.conf": container.ResolvConfPath,
+            "/etc/hostname": container.HostnamePath,
+            "/etc/hosts": container.HostsPath,
+        }
+        mounts = [
+            {"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate"]}
+            for dest, src in etc_files.items()
+        ] + oci.bind_mounts(host)
+        spec = build_spec(
+            args=[container.Path, *container.Args],
+            env=oci.process_env(container, hostname),
+            cwd=config.get("WorkingDir") or "/",
+            uid=uid,
+            gid=gid,
+            additional_gids=groups,
+            hostname=hostname,
+            terminal=container.tty,
+            read_only=bool(host.get("ReadonlyRootfs")),
+            privileged=bool(host.get("Privileged")),
+            cap_add=host.get("CapAdd") or [],
+            cap_drop=host.get("CapDrop") or [],
+            extra_mounts=mounts,
+            namespaces=self._namespaces(host),
+            resources=oci.resources(host),
+            rlimits=oci.rlimits(host, self.default_ulimits()),
+            cgroups_path=f"{self.cgroup_parent}/{container.Id}",
+            shm_size=host.get("ShmSize") or oci.DEFAULT_SHM_SIZE,
+            sysctl=host.get("Sysctls") or {},
+        )
+        spec["root"]["path"] = str(rootfs)
+        return spec
+
+    def _namespaces(self, host: dict[str, Any]) -> list[dict[str, str]]:
+        namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
+        mode = host.get("NetworkMode") or "default"
+        if mode.startswith("container:"):
+            other = self.store.get(mode.split(":", 1)[1])
+            if not other.State.Running:
+                raise Conflict(f"cannot join network of a non running container: {other.Id}")
+            namespaces.append({"type": "network", "path": f"/proc/{other.State.Pid}/ns/net"})
+        elif mode != "host":
+            # Until the network actor lands, bridge networks behave like `none`.
+            namespaces.append({"type": "network"})
+        if host.get("PidMode") == "host":
+            namespaces = [n for n in namespaces if n["type"] != "pid"]
+        if host.get("IpcMode") == "host":
+            namespaces = [n for n in namespaces if n["type"] != "ipc"]
+        return namespaces
+
+    # -- exits -------------------------------------------------------------------
+
+    async def _handle_exit(self, cid: str) -> None:
+        container = self._find(cid)
+        if container is None:
+            return
+        client = await self.bridge.wait_client()
+        try:
+            exit_status, _ = await client.delete_task(cid)
+        except TaskNotFound:
+            exit_status = 255
+        runtime = self._runtime.get(cid)
+        if runtime is not None:
+            # The shim closes the FIFOs once it has copied everything: wait for that, bounded.
+            with trio.move_on_after(2):
+                await runtime.hub.done.wait()
+        async with self._lock(cid):
+            if container.State.Running:
+                self._finish_exit(container, exit_status, "")
+        await self._after_exit(container)
+
+    def _finish_exit(self, container: Container, code: int, error: str) -> None:
+        runtime = self._runtime.pop(container.Id, None)
+        if runtime is not None:
+            if runtime.logger is not None:
+                runtime.logger.close()
+            if runtime.io is not None:
+                self._spawn(runtime.io.aclose)
+            runtime.exited.set()
+        oom = container.State.OOMKilled
+        container.State.set_exited(code, oom=oom, error=error)
+        self.store.save(container)
+        self._publish(container, "die", {"exitCode": str(code)})
+        self._changed_now()
+
+    async def _after_exit(self, container: Container) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self.images.unmount_rw_layer(container.Id)
+            except Exception as exc:
+                log.warning("unmounting rootfs of %s: %s", container.short_id, exc)
+            try:
+                client = await self.bridge.wait_client()
+                await client.delete_container(container.Id)
+            except (TaskNotFound, Unavailable):
+                pass
+        if container.HostConfig.get("AutoRemove") and not container.State.Running:
+            try:
+                await self.remove(container.Id, force=True, volumes=True)
+            except Exception as exc:
+                log.error("auto-removing %s: %s", container.short_id, exc)
+
+    # -- stop, kill, wait ---------------------------------------------------------
+
+    async def kill(self, ref: str, signal: str) -> None:
+        container = self.store.get(ref)
+        signum = parse_signal(signal or "KILL")
+        if not container.State.Running:
+            raise Conflict(f"Cannot kill container: {ref}: Container {container.Id} is not running")
+        client = await self.bridge.wait_client()
+        await client.kill(container.Id, signum)
+        self._publish(container, "kill", {"signal": str(signum)})
+
+    async def stop(self, ref: str, stop_timeout: int | None, signal: str = "") -> None:
+        container = self.store.get(ref)
+        if not container.State.Running:
+            raise NotModified("container already stopped")
+        runtime = self._runtime.get(container.Id)
+        container.HasBeenManuallyStopped = True
+        signum = parse_signal(signal or container.Config.get("StopSignal") or "TERM")
+        timeout = stop_timeout
+        if timeout is None:
+            timeout = container.Config.get("StopTimeout")
+            timeout = DEFAULT_STOP_TIMEOUT if timeout is None else timeout
+        client = await self.bridge.wait_client()
+        if container.State.Paused:
+            await client.resume(container.Id)
+        try:
+            await client.kill(container.Id, signum)
+            self._publish(container, "kill", {"signal": str(signum)})
+        except TaskNotFound:
+            pass
+        if runtime is not None and timeout >= 0:
+            with trio.move_on_after(timeout):
+                await runtime.exited.wait()
+        if container.State.Running:
+            try:
+                await client.kill(container.Id, signals.SIGKILL, all=True)
+                self._publish(container, "kill", {"signal": str(int(signals.SIGKILL))})
+            except TaskNotFound:
+                pass
+            if runtime is not None:
+                await runtime.exited.wait()
+        self._publish(container, "stop")
+
+    async def restart(self, ref: str, stop_timeout: int | None) -> None:
+        container = self.store.get(ref)
+        if container.State.Running:
+            await self.stop(ref, stop_timeout)
+        await self.start(container.Id)
+        self._publish(container, "restart")
+
+    async def wait(self, ref: str, condition: str) -> tuple[int, str]:
+        """Block until the condition holds; (exit code, error text)."""
+        container = self.store.get(ref)
+        if condition not in ("", "not-running", "next-exit", "removed"):
+            raise InvalidParameter(f"invalid condition: {condition!r}")
+        if condition in ("", "not-running") and not container.State.Running:
+            return container.State.ExitCode, container.State.Error
+        runtime = self._runtime.get(container.Id)
+        if condition in ("", "not-running", "next-exit"):
+            while runtime is None or not runtime.exited.is_set():
+                changed = self._changed
+                if runtime is None:
+                    await changed.wait()
+                    runtime = self._runtime.get(container.Id)
+                    continue
+                await runtime.exited.wait()
+            return container.State.ExitCode, container.State.Error
+        # removed
+        while self.store.get_or_none(container.Id) is not None:
+            await self._changed.wait()
+        return container.State.ExitCode, container.State.Error
+
+    # -- pause, rename, resize, update ----------------------------------------------
+
+    async def pause(self, ref: str) -> None:
+        container = self.store.get(ref)
+        async with self._lock(container.Id):
+            if not container.State.Running:
+                raise Conflict(f"Container {container.Id} is not running")
+            if container.State.Paused:
+                raise Conflict(f"Container {container.Id} is already paused")
+            await (await self.bridge.wait_client()).pause(container.Id)
+            container.State.Paused, container.State.Status = True, "paused"
+            self.store.save(container)
+        self._publish(container, "pause")
+
+    async def unpause(self, ref: str) -> None:
+        container = self.store.get(ref)
+        async with self._lock(container.Id):
+            if not container.State.Paused:
+                raise Conflict(f"Container {container.Id} is not paused")
+            await (await self.bridge.wait_client()).resume(container.Id)
+            container.State.Paused, container.State.Status = False, "running"
+            self.store.save(container)
+        self._publish(container, "unpause")
+
+    async def rename(self, ref: str, new_name: str) -> None:
+        container = self.store.get(ref)
+        async with self._lock(container.Id):
+            old = container.Name
+            name = self.store.reserve_name(new_name, container.Id)
+            if name == old:
+                raise Conflict("Renaming a container with the same name as its current name")
+            container.Name = name
+            self.store.release_name(old)
+            self.store.save(container)
+        self._publish(container, "rename", {"oldName": old})
+
+    async def resize(self, ref: str, height: int, width: int) -> None:
+        container = self.store.get(ref)
+        if not container.State.Running:
+            raise Conflict(f"Container {container.Id} is not running")
+        await (await self.bridge.wait_client()).resize_pty(container.Id, width, height)
+
+    async def update(self, ref: str, changes: dict[str, Any]) -> list[str]:
+        container = self.store.get(ref)
+        async with self._lock(container.Id):
+            warnings = validate_host_config({**container.HostConfig, **changes})
+            if "RestartPolicy" in changes and container.HostConfig.get("AutoRemove"):
+                name = (changes["RestartPolicy"] or {}).get("Name", "no")
+                if name not in ("", "no"):
+                    raise InvalidParameter(
+                        "Restart policy cannot be updated because AutoRemove is enabled "
+                        "for the container"
+                    )
+            updated = {
+                **container.HostConfig,
+                **{k: v for k, v in changes.items() if v is not None},
+            }
+            if container.State.Running:
+                await (await self.bridge.wait_client()).update_resources(
+                    container.Id, msgspec.json.encode(oci.resources(updated))
+                )
+            container.HostConfig = updated
+            self.store.save(container)
+        self._publish(container, "update")
+        return warnings
+
+    # -- remove ---------------------------------------------------------------------
+
+    async def remove(self, ref: str, *, force: bool, volumes: bool) -> None:
+        container = self.store.get(ref)
+        if container.State.Running and not force:
+            if container.State.Paused:
+                raise Conflict(
+                    f'cannot remove container "{container.Name}": container is paused '
+                    "and must be unpaused first"
+                )
+            raise Conflict(
+                f'cannot remove container "{container.Name}": container is running: '
+                "stop the container before removing or force remove"
+            )
+        if container.State.Running:
+            await self.kill_and_wait(container)
+        async with self._lock(container.Id):
+            if self.store.get_or_none(container.Id) is None:
+                return
+            container.RemovalInProgress = True
+            container.State.Status = "removing"
+            self.store.save(container)
+            with trio.CancelScope(shield=True):
+                try:
+                    client = await self.bridge.wait_client()
+                    await client.delete_container(container.Id)
+                except (TaskNotFound, Unavailable):
+                    pass
+                await self.images.unmount_rw_layer(container.Id)
+                await self.images.remove_rw_layer(container.Id)
+                self._fifos(container).remove()
+                self.store.remove(container)
+            self._locks.pop(container.Id, None)
+        self._publish(container, "destroy")
+        self._changed_now()
+
+    async def kill_and_wait(self, container: Container) -> None:
+        runtime = self._runtime.get(container.Id)
+        client = await self.bridge.wait_client()
+        try:
+            await client.kill(container.Id, signals.SIGKILL, all=True)
+            self._publish(container, "kill", {"signal": "9"})
+        except TaskNotFound:
+            pass
+        if runtime is not None:
+            with trio.move_on_after(15):
+                await runtime.exited.wait()
+
+    # -- reads ----------------------------------------------------------------------
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        return self.store.get(ref).inspect()
+
+    def runtime(self, cid: str) -> Runtime | None:
+        return self._runtime.get(cid)
+
+    async def info_fields(self) -> dict[str, Any]:
+        states = [c.State for c in self.store]
+        running = sum(1 for s in states if s.Running and not s.Paused)
+        paused = sum(1 for s in states if s.Paused)
+        return {
+            "Containers": len(states),
+            "ContainersRunning": running,
+            "ContainersPaused": paused,
+            "ContainersStopped": len(states) - running - paused,
+        }
+
+
+def empty_network_settings() -> dict[str, Any]:
+    return {
+        "Bridge": "",
+        "SandboxID": "",
+        "SandboxKey": "",
+        "Ports": {},
+        "HairpinMode": False,
+        "LinkLocalIPv6Address": "",
+        "LinkLocalIPv6PrefixLen": 0,
+        "SecondaryIPAddresses": None,
+        "SecondaryIPv6Addresses": None,
+        "EndpointID": "",
+        "Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "IPAddress": "",
+        "IPPrefixLen": 0,
+        "IPv6Gateway": "",
+        "MacAddress": "",
+        "Networks": {},
+    }
+
+
+def merge_image_config(config: dict[str, Any], image: dict[str, Any]) -> None:
+    """dockerd's merge of the image's defaults into a new container's Config."""
+    if not config.get("User"):
+        config["User"] = image.get("User") or ""
+    config["Env"] = oci.merge_env(image.get("Env") or [], config.get("Env") or [])
+    labels = dict(image.get("Labels") or {})
+    labels.update(config.get("Labels") or {})
+    config["Labels"] = labels
+    if not config.get("Entrypoint"):
+        if not config.get("Cmd"):
+            config["Cmd"] = image.get("Cmd")
+        config["Entrypoint"] = image.get("Entrypoint")
+    if not config.get("WorkingDir"):
+        config["WorkingDir"] = image.get("WorkingDir") or ""
+    if not config.get("StopSignal") and image.get("StopSignal"):
+        config["StopSignal"] = image["StopSignal"]
+    exposed = dict(image.get("ExposedPorts") or {})
+    exposed.update(config.get("ExposedPorts") or {})
+    if exposed:
+        config["ExposedPorts"] = exposed
+    volumes = dict(image.get("Volumes") or {})
+    volumes.update(config.get("Volumes") or {})
+    if volumes:
+        config["Volumes"] = volumes
+
+
+def validate_host_config(host: dict[str, Any]) -> list[str]:
+    """dockerd's checks (daemon/daemon_unix.go verifyPlatformContainerSettings) and texts."""
+    warnings: list[str] = []
+    memory = host.get("Memory") or 0
+    if memory < 0:
+        raise InvalidParameter("invalid memory limit: negative value")
+    if 0 < memory < MIN_MEMORY:
+        raise InvalidParameter("Minimum memory limit allowed is 6MB")
+    swap = host.get("MemorySwap") or 0
+    if memory and swap > 0 and swap < memory:
+        raise InvalidParameter(
+            "Minimum memoryswap limit should be larger than memory limit, see usage"
+        )
+    if not memory and swap > 0:
+        raise InvalidParameter(
+            "You should always set the Memory limit when using Memoryswap limit, see usage"
+        )
+    nano = host.get("NanoCpus") or 0
+    if nano < 0:
+        raise InvalidParameter("Range of CPUs is from 0.01 to available CPUs")
+    if nano and (host.get("CpuQuota") or host.get("CpuPeriod")):
+        raise InvalidParameter("Conflicting options: Nano CPUs and CPU Period cannot both be set")
+    if nano > (os.cpu_count() or 1) * 1_000_000_000:
+        raise InvalidParameter(
+            f"Range of CPUs is from 0.01 to {os.cpu_count()}.00, as there are only "
+            f"{os.cpu_count()} CPUs available"
+        )
+    if (host.get("CpuShares") or 0) < 0:
+        raise InvalidParameter("invalid CPU shares: negative value")
+    if (host.get("PidsLimit") or 0) < -1:
+        raise InvalidParameter("invalid PIDs limit")
+    policy = host.get("RestartPolicy") or {}
+    name = policy.get("Name") or "no"
+    if name not in ("no", "always", "unless-stopped", "on-failure"):
+        raise InvalidParameter(f"invalid restart policy '{name}'")
+    if name != "on-failure" and policy.get("MaximumRetryCount"):
+        raise InvalidParameter(
+            "invalid restart policy: maximum retry count can only be used with 'on-failure'"
+        )
+    if (policy.get("MaximumRetryCount") or 0) < 0:
+        raise InvalidParameter("invalid restart policy: maximum retry count cannot be negative")
+    if host.get("AutoRemove") and name != "no":
+        raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
+    return warnings
+
+
+_SIGNALS = {
+    s.name[3:]: int(s)
+    for s in signals.Signals
+    if s.name.startswith("SIG") and not s.name.startswith("SIG_")
+}
+
+
+def parse_signal(text: str) -> int:
+    """Names with or without SIG, or numbers (moby signal.ParseSignal)."""
+    raw = str(text).strip().upper()
+    if raw.isdigit():
+        number = int(raw)
+        if number == 0 or number > 64:
+            raise InvalidParameter(f"Invalid signal: {text}")
+        return number
+    name = raw[3:] if raw.startswith("SIG") else raw
+    if name not in _SIGNALS:
+        raise InvalidParameter(f"Invalid signal: {text}")
+    return _SIGNALS[name]
