@@ -32,7 +32,7 @@ def run(argv: list[str]) -> int:
     try:
         cfg = config.load(options)
     except config.ConfigError as exc:
-        print(f"unable to configure the pydockerd daemon: {exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)
         return 1
     if options.validate:
         print("configuration OK")
