@@ -27,7 +27,7 @@ ROOT = "pydockerd"
 
 def _timestamp(record: logging.LogRecord) -> str:
     seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs * 1000):06d}Z"
+    return f"{seconds}.{int(record.created % 1 * 1e9):09d}Z"
 
 
 class TextFormatter(logging.Formatter):

@@ -118,7 +118,7 @@ def test_sighup_with_broken_config_changes_nothing(daemon: Daemon) -> None:
     daemon.write_config({"no-such-key": 1})
     daemon.signal(signal.SIGHUP)
     wait_for(lambda: daemon.log().count("Error reloading configuration") == 2)
-    assert daemon.docker("version", "--format", "{{.Server.ApiVersion}}").stdout.strip() == "1.47"
+    assert daemon.docker("version", "--format", "{{.Server.APIVersion}}").stdout.strip() == "1.47"
 
 
 def test_events_since_until_and_filters(daemon: Daemon) -> None:
@@ -227,7 +227,7 @@ def test_stale_socket_is_replaced() -> None:
     stale.bind(str(root / "d.sock"))
     stale.close()  # a socket file nobody listens on, as a killed daemon leaves
     with running_daemon(root=root) as d:
-        assert d.docker("version", "--format", "{{.Server.ApiVersion}}").stdout.strip() == "1.47"
+        assert d.docker("version", "--format", "{{.Server.APIVersion}}").stdout.strip() == "1.47"
 
 
 def test_tls_verify(tmp_path: Path) -> None:
@@ -259,7 +259,7 @@ def test_tls_verify(tmp_path: Path) -> None:
         ok = d.docker(
             "-H", tcp, "--tlsverify", "--tlscacert", str(files["ca"]),
             "--tlscert", str(files["cert"]), "--tlskey", str(files["key"]),
-            "version", "--format", "{{.Server.ApiVersion}}",
+            "version", "--format", "{{.Server.APIVersion}}",
         )  # fmt: skip
         assert ok.stdout.strip() == "1.47"
         # No client certificate: the handshake is refused.
