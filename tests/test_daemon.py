@@ -125,7 +125,7 @@ def test_events_since_until_and_filters(daemon: Daemon) -> None:
     start = time.time()
     daemon.signal(signal.SIGHUP)
     wait_for(lambda: "Reloaded configuration" in daemon.log())
-    until = f"{time.time():.0f}"
+    until = str(int(time.time()) + 1)  # whole seconds: round up past the reload
     out = daemon.docker(
         "events",
         "--since",
