@@ -116,12 +116,13 @@ class Daemon:
             await nursery.start(supervisor.run)
             log.info("Daemon has completed initialization")
             notify("READY=1")
-        self.events.publish("daemon", "shutdown", self.daemon_id, {"name": os.uname().nodename})
-        self.events.close()
 
     def stop(self) -> None:
         """Stop accepting API requests first, then stop the actors in reverse order."""
         notify("STOPPING=1")
+        # Event streams would hold the API drain open: end them first.
+        self.events.publish("daemon", "shutdown", self.daemon_id, {"name": os.uname().nodename})
+        self.events.close()
         self.api.drain()
         if self.supervisor is not None:
             self.supervisor.stop()

@@ -62,6 +62,8 @@ class Daemon:
             self.write_config(config)
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
+        # Interpreter arguments before `-m kernel.main` (a launcher script, say).
+        self.command_prefix: list[str] = []
 
     def write_config(self, config: dict[str, Any] | str) -> None:
         text = config if isinstance(config, str) else json.dumps(config)
@@ -69,7 +71,9 @@ class Daemon:
 
     def command(self, *extra: str) -> list[str]:
         args = [
-            *PYDOCKERD,
+            PYDOCKERD[0],
+            *self.command_prefix,
+            *PYDOCKERD[1:],
             "--data-root", str(self.data_root),
             "--exec-root", str(self.exec_root),
             "--pidfile", str(self.pidfile),

@@ -204,6 +204,40 @@ def test_validate_and_version_flags() -> None:
     bad = run_pydockerd("--config-file", str(root / "daemon.json"), "--validate")
     assert bad.returncode == 1 and "max concurrent downloads" in bad.stderr
     assert run_pydockerd("--version").stdout.startswith("pydockerd version ")
+    example = Path(__file__).parent.parent / "config" / "daemon.json.example"
+    assert run_pydockerd("--config-file", str(example), "--validate").returncode == 0
+
+
+def test_event_stream_ends_at_shutdown(daemon: Daemon) -> None:
+    client = daemon.client()
+    try:
+        events = client.events(decode=True)
+        daemon.signal(signal.SIGTERM)
+        assert next(events)["Action"] == "shutdown"
+        assert daemon.proc is not None and daemon.proc.wait(10) == 0
+    finally:
+        client.close()
+
+
+def test_systemd_socket_activation() -> None:
+    """fd:// serves a socket passed as fd 3 with LISTEN_FDS/LISTEN_PID, as systemd does."""
+    root = short_tempdir()
+    d = Daemon(root, ["-H", "fd://"], {})
+    d.write_config({})
+    launcher = (
+        "import os, socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.bind({str(d.sock)!r}); s.listen(8)\n"
+        "os.dup2(s.fileno(), 3); os.set_inheritable(3, True)\n"
+        "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+        "os.execv(sys.executable, [sys.executable] + sys.argv[1:])\n"
+    )
+    d.command_prefix = ["-c", launcher]
+    try:
+        d.start()
+        assert d.docker("version", "--format", "{{.Server.APIVersion}}").stdout.strip() == "1.47"
+    finally:
+        d.stop()
 
 
 def test_second_daemon_refused(daemon: Daemon) -> None:
