@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
@@ -9,7 +10,7 @@ import traceback
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -17,7 +18,6 @@ import config
 from actors import events as events_actor
 from actors import signals
 from actors.api import ApiService, ListenConfig
-from actors.containerd.bridge import ContainerdBridge
 from actors.events import EventsService
 from api.context import ApiContext, ApiSettings
 from api.listeners import ListenerError, TlsFiles
@@ -25,6 +25,9 @@ from kernel import logs
 from kernel.fsutil import atomic_write
 from kernel.sdnotify import notify
 from kernel.supervisor import ChildSpec, Supervisor
+
+if TYPE_CHECKING:
+    from actors.containerd.bridge import ContainerdBridge
 
 log = logging.getLogger("pydockerd.daemon")
 
@@ -81,13 +84,7 @@ class Daemon:
             supervisor=lambda: self.supervisor,
         )
         self.api = ApiService(self.context, api_settings(cfg), listen_config(cfg))
-        self.containerd = ContainerdBridge(
-            address=cfg.containerd,
-            namespace=cfg.containerd_namespace,
-            data_root=Path(cfg.data_root),
-            exec_root=Path(cfg.exec_root),
-        )
-        self.context.actors["containerd"] = self.containerd
+        self.containerd: ContainerdBridge | None = None
         self._reload_lock = trio.Lock()
 
     def children(self) -> list[ChildSpec]:
@@ -103,8 +100,23 @@ class Daemon:
             # The API starts early so /_ping answers at once; requests for the actors
             # below wait for them briefly. At stop it is drained first (see `stop`).
             ChildSpec(id="api", start=self.api.run, shutdown=20.0),
-            ChildSpec(id="containerd", start=self.containerd.run, shutdown=15.0),
+            ChildSpec(id="containerd", start=self._run_containerd, shutdown=15.0),
         ]
+
+    async def _run_containerd(self, *, stopping: trio.Event, task_status: Any) -> None:
+        if self.containerd is None:
+            # grpclib and protobuf load in a thread while the API already answers /_ping.
+            bridge = await trio.to_thread.run_sync(
+                importlib.import_module, "actors.containerd.bridge"
+            )
+            self.containerd = bridge.ContainerdBridge(
+                address=self.cfg.containerd,
+                namespace=self.cfg.containerd_namespace,
+                data_root=Path(self.cfg.data_root),
+                exec_root=Path(self.cfg.exec_root),
+            )
+            self.context.actors["containerd"] = self.containerd
+        await self.containerd.run(stopping=stopping, task_status=task_status)
 
     async def run(self) -> None:
         """Serve until stopped; raise what made the daemon fail."""

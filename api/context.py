@@ -10,8 +10,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from quart import current_app
-
 if TYPE_CHECKING:
     from actors.events import EventsService
     from config import DaemonConfig
@@ -42,6 +40,8 @@ class ApiContext:
 
 
 def ctx() -> ApiContext:
+    from quart import current_app  # Quart loads after the API serves /_ping
+
     context = current_app.extensions["pydockerd"]
     assert isinstance(context, ApiContext)
     return context

@@ -55,7 +55,4 @@ class DaemonConfig(
 
 
 # daemon.json key -> attribute name
-KEYS: dict[str, str] = {
-    msgspec.structs.fields(DaemonConfig)[i].encode_name: f.name
-    for i, f in enumerate(msgspec.structs.fields(DaemonConfig))
-}
+KEYS: dict[str, str] = {f.encode_name: f.name for f in msgspec.structs.fields(DaemonConfig)}
