@@ -28,6 +28,7 @@ from kernel.supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
     from actors.containerd.bridge import ContainerdBridge
+    from actors.images.service import ImagesService
 
 log = logging.getLogger("pydockerd.daemon")
 
@@ -85,6 +86,7 @@ class Daemon:
         )
         self.api = ApiService(self.context, api_settings(cfg), listen_config(cfg))
         self.containerd: ContainerdBridge | None = None
+        self.images: ImagesService | None = None
         self._reload_lock = trio.Lock()
 
     def children(self) -> list[ChildSpec]:
@@ -101,6 +103,7 @@ class Daemon:
             # below wait for them briefly. At stop it is drained first (see `stop`).
             ChildSpec(id="api", start=self.api.run, shutdown=20.0),
             ChildSpec(id="containerd", start=self._run_containerd, shutdown=15.0),
+            ChildSpec(id="images", start=self._run_images, shutdown=5.0),
         ]
 
     async def _run_containerd(self, *, stopping: trio.Event, task_status: Any) -> None:
@@ -117,6 +120,16 @@ class Daemon:
             )
             self.context.actors["containerd"] = self.containerd
         await self.containerd.run(stopping=stopping, task_status=task_status)
+
+    async def _run_images(self, *, stopping: trio.Event, task_status: Any) -> None:
+        if self.images is None:
+            module = await trio.to_thread.run_sync(importlib.import_module, "actors.images.service")
+            self.images = await trio.to_thread.run_sync(
+                module.ImagesService, Path(self.cfg.data_root), self.cfg.storage_driver
+            )
+            self.context.actors["images"] = self.images
+        assert self.images is not None
+        await self.images.run(stopping=stopping, task_status=task_status)
 
     async def run(self) -> None:
         """Serve until stopped; raise what made the daemon fail."""
