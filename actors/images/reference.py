@@ -63,7 +63,11 @@ class Reference:
 
 def _split_domain(name: str) -> tuple[str, str]:
     first, sep, rest = name.partition("/")
-    if not sep or ("." not in first and ":" not in first and first != "localhost"):
+    # distribution's rule: a first component is a domain if it has "." or ":", is
+    # localhost, or has an upper-case letter (path components never do).
+    if not sep or (
+        "." not in first and ":" not in first and first != "localhost" and first == first.lower()
+    ):
         return DEFAULT_DOMAIN, name
     return first, rest
 

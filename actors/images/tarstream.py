@@ -116,11 +116,10 @@ def _padding(size: int) -> int:
 
 def safe_relpath(name: str) -> str:
     """The entry's path inside the layer, or LayerError when it would leave the layer."""
-    cleaned = posixpath.normpath("/" + name.lstrip("/")).lstrip("/")
+    cleaned = posixpath.normpath(name.lstrip("/"))
     if cleaned in ("", "."):
         return ""
-    parts = cleaned.split("/")
-    if ".." in parts:
+    if cleaned == ".." or cleaned.startswith("../"):
         raise LayerError(f"invalid tar entry {name!r}: path escapes the layer")
     return cleaned
 
