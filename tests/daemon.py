@@ -142,13 +142,14 @@ class Daemon:
     def docker(
         self, *args: str, check: bool = True, input: bytes | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            ["docker", *args],
-            env=self.env(),
-            input=input.decode() if input is not None else None,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+        raw = subprocess.run(
+            ["docker", *args], env=self.env(), input=input, capture_output=True, timeout=timeout
+        )
+        result = subprocess.CompletedProcess(
+            raw.args,
+            raw.returncode,
+            raw.stdout.decode("utf-8", "replace"),
+            raw.stderr.decode("utf-8", "replace"),
         )
         if check and result.returncode != 0:
             raise AssertionError(

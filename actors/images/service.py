@@ -299,9 +299,15 @@ class ImagesService:
             if not _label_filters_match(image, filters.get("label", ())):
                 continue
             patterns = filters.get("reference", ())
-            if patterns and not any(_reference_matches(p, r) for p in patterns for r in refs):
-                continue
-            result.append(self.summary(image))
+            summary = self.summary(image)
+            if patterns:
+                # Only the matching tags are shown, as dockerd does.
+                matching = [r for r in refs if any(_reference_matches(p, r) for p in patterns)]
+                if not matching:
+                    continue
+                summary["RepoTags"] = [r.familiar() for r in matching if r.tag]
+                summary["RepoDigests"] = [r.familiar() for r in matching if r.digest]
+            result.append(summary)
         result.sort(key=lambda s: -s["Created"])
         return result
 
