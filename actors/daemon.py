@@ -28,6 +28,7 @@ from kernel.supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
     from actors.containerd.bridge import ContainerdBridge
+    from actors.containers.service import ContainersService
     from actors.images.service import ImagesService
 
 log = logging.getLogger("pydockerd.daemon")
@@ -87,6 +88,7 @@ class Daemon:
         self.api = ApiService(self.context, api_settings(cfg), listen_config(cfg))
         self.containerd: ContainerdBridge | None = None
         self.images: ImagesService | None = None
+        self.containers: ContainersService | None = None
         self._reload_lock = trio.Lock()
 
     def children(self) -> list[ChildSpec]:
@@ -104,6 +106,7 @@ class Daemon:
             ChildSpec(id="api", start=self.api.run, shutdown=20.0),
             ChildSpec(id="containerd", start=self._run_containerd, shutdown=15.0),
             ChildSpec(id="images", start=self._run_images, shutdown=5.0),
+            ChildSpec(id="containers", start=self._run_containers, shutdown=30.0),
         ]
 
     async def _run_containerd(self, *, stopping: trio.Event, task_status: Any) -> None:
@@ -130,6 +133,29 @@ class Daemon:
             self.context.actors["images"] = self.images
         assert self.images is not None
         await self.images.run(stopping=stopping, task_status=task_status)
+
+    async def _run_containers(self, *, stopping: trio.Event, task_status: Any) -> None:
+        if self.containers is None:
+            assert self.containerd is not None and self.images is not None
+            module = await trio.to_thread.run_sync(
+                importlib.import_module, "actors.containers.service"
+            )
+            self.containers = module.ContainersService(
+                root=Path(self.cfg.data_root) / "containers",
+                exec_root=Path(self.cfg.exec_root),
+                bridge=self.containerd,
+                images=self.images,
+                events=self.events,
+                cgroup_parent=f"/{self.cfg.containerd_namespace}",
+                default_ulimits=lambda: [
+                    {"Name": u.name, "Soft": u.soft, "Hard": u.hard}
+                    for u in self.cfg.default_ulimits.values()
+                ],
+            )
+            self.images.container_usage = self.containers.image_usage
+            self.context.actors["containers"] = self.containers
+        assert self.containers is not None
+        await self.containers.run(stopping=stopping, task_status=task_status)
 
     async def run(self) -> None:
         """Serve until stopped; raise what made the daemon fail."""

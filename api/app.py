@@ -23,10 +23,10 @@ def create_app(context: ApiContext, settings: ApiSettings) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = None
     app.url_map.strict_slashes = False
 
-    from api.routes import images, system
+    from api.routes import containers, images, system
 
-    app.register_blueprint(system.router)
-    app.register_blueprint(images.router)
+    for module in (system, images, containers):
+        app.register_blueprint(module.router)
     _install_middlewares(app, context, settings)
     _install_error_handlers(app)
     return app

@@ -233,6 +233,20 @@ class _Connection:
         await self._read_lock.acquire()
 
 
+class _ClientGone(Exception):
+    """The peer closed while the app was still talking to it: end this connection quietly."""
+
+
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _split_gone(exc: Exception) -> tuple[BaseException | None, BaseException | None]:
+    """(the 'peer went away' part, everything else) of a possibly grouped exception."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(_GONE)
+    return (exc, None) if isinstance(exc, _GONE) else (None, exc)
+
+
 class H1Server:
     def __init__(
         self,
@@ -330,7 +344,7 @@ class H1Server:
                     return
                 if not await self._finish_cycle(conn, exchange):
                     return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, _ClientGone):
             pass
         except h11.LocalProtocolError as exc:
             log.debug("closing connection after a protocol error: %s", exc)
@@ -345,6 +359,15 @@ class H1Server:
         try:
             await self.app(exchange.scope(), exchange.receive, exchange.send)
         except Exception as exc:
+            gone, other = _split_gone(exc)
+            if other is None:
+                log.debug(
+                    "client went away during %s %s: %s",
+                    exchange.method,
+                    exchange.request.target,
+                    gone,
+                )
+                raise _ClientGone from None
             log.exception("unhandled error in %s %s", exchange.method, exchange.request.target)
             if not exchange.response_started and not exchange.hijacked:
                 body = json.dumps({"message": f"{type(exc).__name__}: {exc}"}).encode()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal as signals
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +54,7 @@ class ImageProvider(Protocol):
     async def mount_rw_layer(self, container_id: str) -> str: ...
     async def unmount_rw_layer(self, container_id: str) -> None: ...
     async def remove_rw_layer(self, container_id: str) -> None: ...
+    def rw_size(self, container_id: str) -> int: ...
 
     @property
     def driver_name(self) -> str: ...
@@ -63,7 +65,6 @@ class Runtime:
     """What exists only while a container's process runs (never persisted)."""
 
     io: ProcessIO | None = None
-    hub: OutputHub = field(default_factory=OutputHub)
     logger: LogWriter | None = None
     exited: trio.Event = field(default_factory=trio.Event)
     stopping: bool = False
@@ -91,6 +92,8 @@ class ContainersService:
         self.default_ulimits = default_ulimits
         self._locks: dict[str, trio.Lock] = {}
         self._runtime: dict[str, Runtime] = {}
+        self._hubs: dict[str, OutputHub] = {}  # attach may subscribe before the start
+        self._exits: dict[str, int] = {}  # exits seen per container, for `wait`
         self._changed = trio.Event()  # set on every state change (waiters re-check)
         self._nursery: trio.Nursery | None = None
         self._loaded = False
@@ -167,8 +170,24 @@ class ContainersService:
         container.State.Paused = paused
         container.State.Status = "paused" if paused else "running"
         self.store.refresh(container)
-        self._spawn(runtime.hub.copy, runtime.io, runtime.logger.write)
+        self._spawn(self._copy_output, container.Id, runtime)
         log.info("reattached to running container %s", container.short_id)
+
+    def hub(self, cid: str) -> OutputHub:
+        """The output hub of the container's current (or next) run."""
+        hub = self._hubs.get(cid)
+        if hub is None:
+            hub = self._hubs[cid] = OutputHub()
+        return hub
+
+    async def _copy_output(self, cid: str, runtime: Runtime) -> None:
+        hub = self.hub(cid)
+        assert runtime.io is not None and runtime.logger is not None
+        try:
+            await hub.copy(runtime.io, runtime.logger.write)
+        finally:
+            if self._hubs.get(cid) is hub:
+                del self._hubs[cid]  # the next run gets a fresh hub
 
     # -- helpers -----------------------------------------------------------------
 
@@ -333,7 +352,7 @@ class ContainersService:
         container.HasBeenStartedBefore = True
         container.HasBeenManuallyStopped = False
         self.store.save(container)
-        self._spawn(runtime.hub.copy, runtime.io, runtime.logger.write)
+        self._spawn(self._copy_output, container.Id, runtime)
         self._publish(container, "start")
         self._changed_now()
 
@@ -404,11 +423,11 @@ class ContainersService:
             exit_status, _ = await client.delete_task(cid)
         except TaskNotFound:
             exit_status = 255
-        runtime = self._runtime.get(cid)
-        if runtime is not None:
+        hub = self._hubs.get(cid)
+        if hub is not None:
             # The shim closes the FIFOs once it has copied everything: wait for that, bounded.
             with trio.move_on_after(2):
-                await runtime.hub.done.wait()
+                await hub.done.wait()
         async with self._lock(cid):
             if container.State.Running:
                 self._finish_exit(container, exit_status, "")
@@ -424,6 +443,7 @@ class ContainersService:
             runtime.exited.set()
         oom = container.State.OOMKilled
         container.State.set_exited(code, oom=oom, error=error)
+        self._exits[container.Id] = self._exits.get(container.Id, 0) + 1
         self.store.save(container)
         self._publish(container, "die", {"exitCode": str(code)})
         self._changed_now()
@@ -500,22 +520,41 @@ class ContainersService:
         container = self.store.get(ref)
         if condition not in ("", "not-running", "next-exit", "removed"):
             raise InvalidParameter(f"invalid condition: {condition!r}")
-        if condition in ("", "not-running") and not container.State.Running:
-            return container.State.ExitCode, container.State.Error
-        runtime = self._runtime.get(container.Id)
-        if condition in ("", "not-running", "next-exit"):
-            while runtime is None or not runtime.exited.is_set():
-                changed = self._changed
-                if runtime is None:
-                    await changed.wait()
-                    runtime = self._runtime.get(container.Id)
-                    continue
-                await runtime.exited.wait()
-            return container.State.ExitCode, container.State.Error
-        # removed
-        while self.store.get_or_none(container.Id) is not None:
-            await self._changed.wait()
+        if condition == "removed":
+            while self.store.get_or_none(container.Id) is not None:
+                await self._changed.wait()
+        elif condition == "next-exit" or container.State.Running:
+            # Count exits rather than watch the runtime: a process can start and exit
+            # before this task runs again.
+            target = self._exits.get(container.Id, 0) + 1
+            while self._exits.get(container.Id, 0) < target:
+                await self._changed.wait()
         return container.State.ExitCode, container.State.Error
+
+    # -- stdin ---------------------------------------------------------------------
+
+    async def write_stdin(self, cid: str, data: bytes) -> None:
+        """Feed the process's stdin; an attach made before the start waits for it."""
+        runtime = self._runtime.get(cid)
+        while runtime is None:
+            await self._changed.wait()
+            runtime = self._runtime.get(cid)
+        if runtime.io is not None and runtime.io.stdin is not None:
+            try:
+                await runtime.io.stdin.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the process is gone or its stdin was closed
+
+    async def close_stdin(self, cid: str) -> None:
+        """StdinOnce: the attach's stdin ended, so the process's stdin ends too."""
+        runtime = self._runtime.get(cid)
+        if runtime is None or runtime.io is None:
+            return
+        await runtime.io.close_stdin()
+        try:
+            await (await self.bridge.wait_client()).close_io(cid)
+        except ContainerdError:
+            pass
 
     # -- pause, rename, resize, update ----------------------------------------------
 
@@ -632,6 +671,97 @@ class ContainersService:
                 await runtime.exited.wait()
 
     # -- reads ----------------------------------------------------------------------
+
+    def list_containers(
+        self, filters: dict[str, list[str]], *, all_containers: bool, limit: int, size: bool
+    ) -> list[dict[str, Any]]:
+        """`docker ps`: from the snapshot, newest first, without taking any lock."""
+        summaries = sorted(self.store.summaries(), key=lambda s: -s["Created"])
+        # As moby's list.go: a status filter, a limit, or before/since list stopped ones too.
+        everything = all_containers or limit > 0 or {"status", "before", "since"} & set(filters)
+        if not everything:
+            summaries = [s for s in summaries if s["State"] in ("running", "paused", "restarting")]
+        summaries = [dict(s) for s in summaries if self._matches(s, filters)]
+        if limit > 0:
+            summaries = summaries[:limit]
+        for summary in summaries if size else []:
+            try:
+                summary["SizeRw"] = self.images.rw_size(summary["Id"])
+            except Exception:
+                summary["SizeRw"] = 0
+        return summaries
+
+    def _matches(self, summary: dict[str, Any], filters: dict[str, list[str]]) -> bool:
+        container = self.store.get_or_none(summary["Id"])
+        if container is None:
+            return False
+        for key, values in filters.items():
+            if not values:
+                continue
+            if key == "status":
+                if summary["State"] not in values:
+                    return False
+            elif key == "name":
+                names = [n.lstrip("/") for n in summary["Names"]]
+                if not any(re.search(v.lstrip("/"), n) for v in values for n in names):
+                    return False
+            elif key == "id":
+                if not any(summary["Id"].startswith(v) for v in values):
+                    return False
+            elif key == "label":
+                labels = summary["Labels"]
+                for label in values:
+                    k, sep, v = label.partition("=")
+                    if k not in labels or (sep and labels[k] != v):
+                        return False
+            elif key == "exited":
+                if container.State.Running or str(container.State.ExitCode) not in values:
+                    return False
+            elif key == "ancestor":
+                if not any(
+                    v in (summary["Image"], summary["ImageID"])
+                    or summary["ImageID"].removeprefix("sha256:").startswith(v)
+                    for v in values
+                ):
+                    return False
+            elif key in ("before", "since"):
+                pivot = self.store.get(values[0])
+                pivot_created = pivot.summary()["Created"], pivot.Created
+                mine = summary["Created"], container.Created
+                if key == "before" and not mine < pivot_created:
+                    return False
+                if key == "since" and not mine > pivot_created:
+                    return False
+            elif key == "network":
+                networks = summary["NetworkSettings"]["Networks"]
+                mode = summary["HostConfig"]["NetworkMode"]
+                if not any(v in networks or v == mode for v in values):
+                    return False
+            elif key in ("volume", "health", "publish", "expose", "is-task"):
+                continue
+            else:
+                raise InvalidParameter(f"invalid filter '{key}'")
+        return True
+
+    def image_usage(self) -> dict[str, list[tuple[str, bool]]]:
+        """Which containers use which image (the images actor asks before deleting)."""
+        usage: dict[str, list[tuple[str, bool]]] = {}
+        for container in self.store:
+            usage.setdefault(container.Image, []).append((container.Id, container.State.Running))
+        return usage
+
+    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+        deleted = []
+        for container in self.store:
+            if container.State.Running or container.State.Paused:
+                continue
+            if not self._matches(
+                container.summary(), {k: v for k, v in filters.items() if k == "label"}
+            ):
+                continue
+            await self.remove(container.Id, force=False, volumes=False)
+            deleted.append(container.Id)
+        return {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0}
 
     def inspect(self, ref: str) -> dict[str, Any]:
         return self.store.get(ref).inspect()

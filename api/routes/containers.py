@@ -1,0 +1,230 @@
+"""Container router: create, start, stop, kill, wait, remove, inspect, list, logs, attach..."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from quart import Blueprint, Response, request
+
+from api.context import ctx
+from api.http import (
+    check_filter_keys,
+    json_response,
+    no_content,
+    parse_filters,
+    query_bool,
+    query_int,
+    read_json,
+)
+from kernel.errors import InvalidParameter, Unavailable
+
+if TYPE_CHECKING:
+    from actors.containers.service import ContainersService
+
+router = Blueprint("containers", __name__)
+
+PS_FILTERS = {"ancestor", "before", "expose", "exited", "health", "id", "isolation", "is-task",
+              "label", "name", "network", "publish", "since", "status", "volume"}  # fmt: skip
+
+
+def containers() -> ContainersService:
+    service = ctx().actors.get("containers")
+    if service is None:
+        raise Unavailable("containers is not available")
+    return service  # type: ignore[no-any-return]
+
+
+def _optional_int(name: str) -> int | None:
+    value = request.args.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidParameter(f"invalid value for {name}: {value!r}") from None
+
+
+def _timestamp(name: str) -> int:
+    """since/until: unix seconds with optional fraction (the CLI converts durations)."""
+    raw = request.args.get(name, "")
+    if not raw:
+        return 0
+    seconds, _, fraction = raw.partition(".")
+    try:
+        return int(seconds) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
+    except ValueError:
+        raise InvalidParameter(f"invalid value for {name}: {raw!r}") from None
+
+
+@router.route("/containers/create", methods=["POST"])
+async def create() -> Response:
+    body = await read_json(dict[str, Any], allow_empty=False)
+    cid, warnings = await containers().create(request.args.get("name", ""), body)
+    return json_response({"Id": cid, "Warnings": warnings}, status=201)
+
+
+@router.route("/containers/json", methods=["GET"])
+async def list_containers() -> Response:
+    filters = parse_filters(request.args.get("filters"))
+    check_filter_keys(filters, PS_FILTERS)
+    return json_response(
+        containers().list_containers(
+            filters,
+            all_containers=query_bool("all"),
+            limit=query_int("limit", -1),
+            size=query_bool("size"),
+        )
+    )
+
+
+@router.route("/containers/<name>/json", methods=["GET"])
+async def inspect(name: str) -> Response:
+    data = containers().inspect(name)
+    if query_bool("size"):
+        service = containers()
+        data["SizeRw"] = service.images.rw_size(data["Id"])
+    return json_response(data)
+
+
+@router.route("/containers/<name>/start", methods=["POST"])
+async def start(name: str) -> Response:
+    await containers().start(name)
+    return no_content()
+
+
+@router.route("/containers/<name>/stop", methods=["POST"])
+async def stop(name: str) -> Response:
+    await containers().stop(name, _optional_int("t"), request.args.get("signal", ""))
+    return no_content()
+
+
+@router.route("/containers/<name>/restart", methods=["POST"])
+async def restart(name: str) -> Response:
+    await containers().restart(name, _optional_int("t"))
+    return no_content()
+
+
+@router.route("/containers/<name>/kill", methods=["POST"])
+async def kill(name: str) -> Response:
+    await containers().kill(name, request.args.get("signal", "KILL"))
+    return no_content()
+
+
+@router.route("/containers/<name>/pause", methods=["POST"])
+async def pause(name: str) -> Response:
+    await containers().pause(name)
+    return no_content()
+
+
+@router.route("/containers/<name>/unpause", methods=["POST"])
+async def unpause(name: str) -> Response:
+    await containers().unpause(name)
+    return no_content()
+
+
+@router.route("/containers/<name>/rename", methods=["POST"])
+async def rename(name: str) -> Response:
+    new_name = request.args.get("name", "")
+    if not new_name:
+        raise InvalidParameter("Neither old nor new names may be empty")
+    await containers().rename(name, new_name)
+    return no_content()
+
+
+@router.route("/containers/<name>/resize", methods=["POST"])
+async def resize(name: str) -> Response:
+    await containers().resize(name, query_int("h", 0), query_int("w", 0))
+    return Response(b"", status=200)
+
+
+@router.route("/containers/<name>/update", methods=["POST"])
+async def update(name: str) -> Response:
+    changes = await read_json(dict[str, Any])
+    warnings = await containers().update(name, changes)
+    return json_response({"Warnings": warnings})
+
+
+@router.route("/containers/<name>", methods=["DELETE"])
+async def remove(name: str) -> Response:
+    if query_bool("link"):
+        raise InvalidParameter("links are not supported")
+    await containers().remove(name, force=query_bool("force"), volumes=query_bool("v"))
+    return no_content()
+
+
+@router.route("/containers/prune", methods=["POST"])
+async def prune() -> Response:
+    filters = parse_filters(request.args.get("filters"))
+    check_filter_keys(filters, {"label", "until"})
+    return json_response(await containers().prune(filters))
+
+
+@router.route("/containers/<name>/wait", methods=["POST"])
+async def wait(name: str) -> Response:
+    service = containers()
+    condition = request.args.get("condition", "")
+    container = service.store.get(name)  # unknown → 404 before the stream starts
+    if condition not in ("", "not-running", "next-exit", "removed"):
+        raise InvalidParameter(f"invalid condition: {condition!r}")
+
+    async def result() -> AsyncIterator[bytes]:
+        # No Content-Length: the head goes out at once, as `docker run` needs (wire facts §4.1).
+        code, error = await service.wait(container.Id, condition)
+        yield (
+            json.dumps(
+                {"StatusCode": code, "Error": {"Message": error} if error else None}
+            ).encode()
+            + b"\n"
+        )
+
+    return Response(result(), status=200, content_type="application/json")
+
+
+@router.route("/containers/<name>/logs", methods=["GET"])
+async def logs(name: str) -> Response:
+    from actors.containers.attach import log_stream
+
+    service = containers()
+    tail_text = request.args.get("tail", "all")
+    tail = -1 if tail_text in ("all", "") else int(tail_text) if tail_text.isdigit() else -1
+    stream = await log_stream(
+        service,
+        name,
+        stdout=query_bool("stdout"),
+        stderr=query_bool("stderr"),
+        follow=query_bool("follow"),
+        tail=tail,
+        since_ns=_timestamp("since"),
+        until_ns=_timestamp("until"),
+        timestamps=query_bool("timestamps"),
+    )
+    tty = service.store.get(name).tty
+    content_type = (
+        "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"
+    )
+    return Response(stream, status=200, content_type=content_type)
+
+
+@router.route("/containers/<name>/attach", methods=["POST"])
+async def attach(name: str) -> Response:
+    from actors.containers.attach import AttachOptions, attach, parse_detach_keys
+
+    await request.get_data()
+    options = AttachOptions(
+        stdin=query_bool("stdin"),
+        stdout=query_bool("stdout"),
+        stderr=query_bool("stderr"),
+        logs=query_bool("logs"),
+        stream=query_bool("stream"),
+        detach_keys=parse_detach_keys(request.args.get("detachKeys", "")),
+    )
+    hijack = request.scope["extensions"]["docker.hijack"]["take"]
+    common = request.scope.get("docker.headers", [])
+
+    async def take(content_type: str) -> Any:
+        return await hijack(content_type=content_type, headers=common)
+
+    await attach(containers(), name, options, take)
+    return Response(b"", status=200)  # dropped: the connection was hijacked
