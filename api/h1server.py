@@ -189,6 +189,7 @@ class _Connection:
         self._reader_scope: trio.CancelScope | None = None
         self.idle_scope: trio.CancelScope | None = None
         self.closed_by_peer = False
+        self.hijacking = False  # once set, the server never reads this socket again
 
     async def send(self, *events: h11.Event) -> None:
         data = b"".join(self.h11.send(e) or b"" for e in events)
@@ -199,16 +200,19 @@ class _Connection:
 
     async def _read_more(self) -> None:
         async with self._read_lock:
-            with trio.CancelScope() as scope:
-                self._reader_scope = scope
-                try:
-                    data = bytes(await self.stream.receive_some(READ_SIZE))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    self.closed_by_peer = True
-                self.h11.receive_data(data)
-            self._reader_scope = None
+            if not self.hijacking:
+                with trio.CancelScope() as scope:
+                    self._reader_scope = scope
+                    try:
+                        data = bytes(await self.stream.receive_some(READ_SIZE))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                    if not data:
+                        self.closed_by_peer = True
+                    self.h11.receive_data(data)
+                self._reader_scope = None
+        if self.hijacking:
+            await trio.sleep_forever()  # the route owns the socket now
 
     async def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         while True:
@@ -227,10 +231,12 @@ class _Connection:
             await self._read_more()
 
     async def stop_reading(self) -> None:
-        """Cancel a read in progress and hold the read lock: nobody else reads again."""
+        """Cancel a read in progress and wait until it is out: nobody reads here again."""
+        self.hijacking = True
         if self._reader_scope is not None:
             self._reader_scope.cancel()
-        await self._read_lock.acquire()
+        async with self._read_lock:
+            pass
 
 
 class _ClientGone(Exception):
