@@ -26,7 +26,7 @@ from typing import BinaryIO
 from actors.images.disk import fsync_dir, remove_dir, write_dir
 from actors.images.graphdriver import GraphDriver, Mount
 from actors.images.tarstream import decode_records, encode_records, regenerate
-from kernel.errors import Conflict, NotFound
+from kernel.errors import Conflict, InvalidParameter, NotFound
 
 log = logging.getLogger("pydockerd.images")
 
@@ -128,8 +128,10 @@ class LayerStore:
 
     def _load(self) -> None:
         found: dict[str, Layer] = {}
+        known: set[str] = set()  # driver IDs some metadata names, even unreadable metadata
         for name in os.listdir(self._layers_dir):
             try:
+                known.add((self._layers_dir / name / "cache-id").read_text().strip())
                 found["sha256:" + name] = self._read_layer("sha256:" + name)
             except (OSError, ValueError) as exc:
                 log.warning("layer store: ignoring layer %s: %s", name, exc)
@@ -156,15 +158,13 @@ class LayerStore:
             except (OSError, ValueError) as exc:
                 log.warning("layer store: ignoring read-write layer %s: %s", name, exc)
                 continue
+            known |= {rw.mount_id, rw.init_id}
             if rw.parent is not None and rw.parent not in self._layers:
                 log.warning("layer store: read-write layer %s lost its image layers", name)
                 continue
             self._rw[name] = rw
             if rw.parent:
                 self._refs[rw.parent] += 1
-        known = {layer.cache_id for layer in self._layers.values()}
-        for rw in self._rw.values():
-            known |= {rw.mount_id, rw.init_id}
         for orphan in self.driver.ids() - known:
             log.info("layer store: removing %s/%s, left by an interrupted operation",
                      self.driver.name, orphan)  # fmt: skip
@@ -273,6 +273,7 @@ class LayerStore:
             with self._lock:
                 existing = self._layers.get(chain)
                 if existing is None:
+                    remove_dir(self._tmp, self._dir(chain))  # unreadable leftovers, if any
                     write_dir(self._tmp, self._dir(chain), files)
                     self._layers[chain] = layer
                     self._refs[chain] = 1  # the caller's; the parent's ref now belongs to it
@@ -296,6 +297,8 @@ class LayerStore:
         with self._lock:
             current: str | None = chain
             while current:
+                if current not in self._refs:
+                    raise NotFound(f"layer does not exist: {current}")
                 count = self._refs[current] - 1
                 if count:
                     self._refs[current] = count
@@ -322,7 +325,7 @@ class LayerStore:
         """A container's read-write layer over the image's top layer `parent`, with the
         init layer (mount targets every container needs) in between."""
         if not name or "/" in name or name in (".", ".."):
-            raise NotFound(f"invalid container ID {name!r}")
+            raise InvalidParameter(f"invalid container ID {name!r}")
         with self._lock:
             if name in self._rw:
                 raise Conflict(f"mount already exists with name {name}")

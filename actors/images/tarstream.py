@@ -16,7 +16,7 @@ import os
 import posixpath
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +34,7 @@ WHITEOUT = ".wh."
 WHITEOUT_META = ".wh..wh."
 OPAQUE = ".wh..wh..opq"
 MAX_SYMLINK_HOPS = 40
+MAX_SPECIAL = 1 << 20  # extension headers and content-bearing odd entries (Go's limit)
 
 # A record is raw bytes (headers, padding, the end), or [path, size]: that many bytes of
 # the file at path (bytes, as the OS names it) inside the layer.
@@ -44,13 +45,17 @@ class LayerError(InvalidParameter):
     """The layer tar is corrupt, truncated or unsafe, or its files changed on disk."""
 
 
-class Whiteouts:
-    """How a graph driver represents deletions: vfs deletes, overlay2 leaves marks."""
+Remove = Callable[[str], None]
 
-    def whiteout(self, directory: str, name: str, uid: int, gid: int) -> None:
+
+class Whiteouts:
+    """How a graph driver represents deletions: vfs deletes, overlay2 leaves marks.
+    `remove` deletes a path the way the extraction needs (never following symlinks)."""
+
+    def whiteout(self, directory: str, name: str, uid: int, gid: int, remove: Remove) -> None:
         raise NotImplementedError
 
-    def opaque(self, directory: str, created: set[str]) -> None:
+    def opaque(self, directory: str, created: set[str], remove: Remove) -> None:
         """`directory` (absolute) hides what lower layers put there; `created` holds the
         absolute paths this layer has written so far."""
         raise NotImplementedError
@@ -59,36 +64,36 @@ class Whiteouts:
 class DeletingWhiteouts(Whiteouts):
     """vfs: the layer is a full copy of its parent, so a whiteout simply deletes."""
 
-    def whiteout(self, directory: str, name: str, uid: int, gid: int) -> None:
-        remove_path(os.path.join(directory, name))
+    def whiteout(self, directory: str, name: str, uid: int, gid: int, remove: Remove) -> None:
+        remove(os.path.join(directory, name))
 
-    def opaque(self, directory: str, created: set[str]) -> None:
+    def opaque(self, directory: str, created: set[str], remove: Remove) -> None:
         for entry in os.listdir(directory):
             path = os.path.join(directory, entry)
             if path not in created:
-                remove_path(path)
+                remove(path)
 
 
 class NoWhiteouts(Whiteouts):
     """Archives that are not layers (`docker load`'s outer tar) have no deletions."""
 
-    def whiteout(self, directory: str, name: str, uid: int, gid: int) -> None:
+    def whiteout(self, directory: str, name: str, uid: int, gid: int, remove: Remove) -> None:
         pass
 
-    def opaque(self, directory: str, created: set[str]) -> None:
+    def opaque(self, directory: str, created: set[str], remove: Remove) -> None:
         pass
 
 
 class OverlayWhiteouts(Whiteouts):
     """overlay2: overlayfs's own marks, a 0/0 character device and the opaque xattr."""
 
-    def whiteout(self, directory: str, name: str, uid: int, gid: int) -> None:
+    def whiteout(self, directory: str, name: str, uid: int, gid: int, remove: Remove) -> None:
         path = os.path.join(directory, name)
-        remove_path(path)
+        remove(path)
         os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(0, 0))
         os.lchown(path, uid, gid)
 
-    def opaque(self, directory: str, created: set[str]) -> None:
+    def opaque(self, directory: str, created: set[str], remove: Remove) -> None:
         os.setxattr(directory, "trusted.overlay.opaque", b"y", follow_symlinks=False)
 
 
@@ -98,18 +103,6 @@ class Extracted:
     tar_size: int  # bytes in the stream
     size: int  # what the layer adds: file and symlink sizes (dockerd's layer size)
     records: list[Record]
-
-
-def remove_path(path: str) -> None:
-    """Remove a file, link or whole directory without following symbolic links."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
 
 
 def clean_name(name: str) -> str:
@@ -244,17 +237,35 @@ class _Header:
 class _Records:
     """Builds the record list, joining neighbouring raw bytes without quadratic copies."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: str = "") -> None:
         self.records: list[Record] = []
         self._raw: list[bytes] = []
+        self._root = root
+        self._files: dict[str, int] = {}  # absolute path -> its record
 
     def raw(self, data: bytes) -> None:
         if data:
             self._raw.append(data)
 
-    def file(self, path: bytes, size: int) -> None:
+    def file(self, path: str, size: int) -> None:
         self._flush()
-        self.records.append((path, size))
+        self._files[path] = len(self.records)
+        self.records.append((os.fsencode(path[len(self._root) + 1 :]), size))
+
+    def preserve(self, path: str) -> None:
+        """`path` is about to go (a later entry replaces it, a whiteout deletes it): keep
+        the content of files recorded there inline, or `save` could not rebuild them."""
+        if not self._files:
+            return
+        prefix = path + "/"
+        for name in [n for n in self._files if n == path or n.startswith(prefix)]:
+            index = self._files.pop(name)
+            _, size = self.records[index]
+            with open(name, "rb") as handle:  # a regular file we wrote: no symlink here
+                data = handle.read(size)
+            if len(data) != size:
+                raise LayerError(f"{name}: changed during extraction")
+            self.records[index] = data
 
     def _flush(self) -> None:
         if self._raw:
@@ -285,6 +296,8 @@ def _next_header(reader: _Reader, records: _Records) -> _Header | None:
         size = _number(block[124:136])
         kind = block[156:157]
         if kind in (b"L", b"K", b"x", b"g"):
+            if size > MAX_SPECIAL:
+                raise LayerError("archive/tar: header field too long")
             content = reader.read_exact(size + _padding(size))
             records.raw(content)
             content = content[:size]
@@ -394,15 +407,17 @@ def scoped_path(root: Path, name: str) -> Path:
     raise LayerError(f"{name}: too many levels of symbolic links")
 
 
-def _replace(path: str, root: _Root, *, keep_dir: bool = False) -> None:
-    """Clear the way for a new entry at `path` (tar semantics: the last entry wins)."""
+def _replace(path: str, root: _Root, records: _Records, *, keep_dir: bool = False) -> None:
+    """Clear the way for a new entry at `path` (tar semantics: the last entry wins), or
+    delete it for a whiteout."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
+    if stat.S_ISDIR(mode) and keep_dir:
+        return
+    records.preserve(path)
     if stat.S_ISDIR(mode):
-        if keep_dir:
-            return
         shutil.rmtree(path)
         root.forget()
     else:
@@ -414,8 +429,12 @@ def extract(
 ) -> Extracted:
     """Apply one uncompressed layer tar to the directory `target`."""
     reader = _Reader(source, hashing=hashing)
-    records = _Records()
     root = _Root(target)
+    records = _Records(root.root)
+
+    def remove(path: str) -> None:
+        _replace(path, root, records)
+
     created: set[str] = set()
     dir_times: list[tuple[str, int]] = []
     size = 0
@@ -430,17 +449,16 @@ def extract(
             directory = root.directory(parent_rel)
             hidden = base[len(WHITEOUT) :]
             if base == OPAQUE:
-                whiteouts.opaque(directory, created)
+                whiteouts.opaque(directory, created, remove)
             elif not base.startswith(WHITEOUT_META) and hidden not in ("", ".", ".."):
                 # (other .wh..wh. names are aufs metadata, ignored as dockerd does)
-                whiteouts.whiteout(directory, hidden, header.uid, header.gid)
-            root.forget()
+                whiteouts.whiteout(directory, hidden, header.uid, header.gid, remove)
         else:
             directory = root.directory(parent_rel)
             path = os.path.join(directory, base)
             kind = header.kind
             if kind in (b"0", b"\0", b"7"):
-                _replace(path, root)
+                _replace(path, root, records)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 try:
                     reader.copy_to(fd, header.size)
@@ -450,11 +468,11 @@ def extract(
                     os.utime(fd, ns=(header.mtime_ns, header.mtime_ns))
                 finally:
                     os.close(fd)
-                records.file(os.fsencode(os.path.relpath(path, root.root)), header.size)
+                records.file(path, header.size)
                 consumed = True
                 size += header.size
             elif kind == b"5":
-                _replace(path, root, keep_dir=True)
+                _replace(path, root, records, keep_dir=True)
                 if not os.path.isdir(path):
                     os.mkdir(path, 0o755)
                 os.lchown(path, header.uid, header.gid)
@@ -462,7 +480,7 @@ def extract(
                 _set_xattrs(path, header.xattrs)
                 dir_times.append((path, header.mtime_ns))  # set after its children
             elif kind == b"2":
-                _replace(path, root)
+                _replace(path, root, records)
                 os.symlink(header.linkname, path)
                 os.lchown(path, header.uid, header.gid)
                 os.utime(path, ns=(header.mtime_ns, header.mtime_ns), follow_symlinks=False)
@@ -474,10 +492,10 @@ def extract(
                 if not link_base or not os.path.lexists(source_path):
                     raise LayerError(f"invalid hard link {header.name!r} -> {header.linkname!r}")
                 if source_path != path:
-                    _replace(path, root)
+                    _replace(path, root, records)
                     os.link(source_path, path, follow_symlinks=False)
             elif kind == b"6":
-                _replace(path, root)
+                _replace(path, root, records)
                 os.mkfifo(path, 0o600)
                 os.lchown(path, header.uid, header.gid)
                 os.chmod(path, header.mode)
@@ -487,11 +505,16 @@ def extract(
                 # crafted /dev/sda in an image would hand the disk to anyone who can read it.
                 skipped_devices += 1
             created.add(path)
-        if header.size and not consumed:  # content nobody wrote out stays raw
+        if header.size and not consumed:  # content nobody wrote out stays raw (and small)
+            if header.size > MAX_SPECIAL:
+                raise LayerError(f"tar entry {header.name!r}: unsupported type {header.kind!r}")
             records.raw(reader.read_exact(header.size))
         records.raw(reader.read_exact(_padding(header.size)))
     for path, mtime_ns in reversed(dir_times):
-        os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        try:
+            os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        except FileNotFoundError:
+            pass  # a later entry removed it
     if skipped_devices:
         log.warning("layer %s: skipped %d device node(s)", target.name, skipped_devices)
     return Extracted(
