@@ -1,32 +1,34 @@
-"""The layer store (`image/<driver>/layerdb`): layers by ChainID, and containers' RW layers.
+"""The layer store (`image/<driver>/layerdb`), laid out as dockerd's:
 
-sha256/<chainID>/ holds diff (DiffID), size, tar-size, cache-id (the graph driver's
-directory), parent (ChainID) and tar-split (see tarstream). mounts/<container-id>/ holds
-mount-id and parent. Directories are written under a temporary name and renamed, so a
-crash leaves a whole layer or none.
+    sha256/<chainID>/   diff (DiffID), size, cache-id (the graph driver's ID), parent
+                        (ChainID), tar-size, tar-split.msgpack.gz (see tarstream)
+    mounts/<container>/ mount-id, init-id, parent: a container's read-write layer
+
+Layers are shared and reference-counted in memory: an image holds its top layer, a layer
+holds its parent, a read-write layer holds the image's top layer, and a caller holds what
+`register` or `acquire` returned until it calls `release`. The last release deletes.
+Metadata directories are staged and renamed, so a crash leaves a whole layer or none, and
+what a crash leaves behind in the driver's directory is swept away at the next start.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
-import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from actors.images.graphdriver import GraphDriver
-from actors.images.tarstream import (
-    LayerError,
-    extract,
-    load_segments,
-    regenerate,
-    save_segments,
-)
-from kernel.fsutil import fsync_dir
+from actors.images.disk import fsync_dir, remove_dir, write_dir
+from actors.images.graphdriver import GraphDriver, Mount
+from actors.images.tarstream import decode_records, encode_records, regenerate
+from kernel.errors import Conflict, InvalidParameter, NotFound
+
+log = logging.getLogger("pydockerd.images")
 
 TAR_SPLIT = "tar-split.msgpack.gz"
 
@@ -38,172 +40,356 @@ def chain_id(parent: str | None, diff_id: str) -> str:
     return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
 
 
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    chains: list[str] = []
+    for diff_id in diff_ids:
+        chains.append(chain_id(chains[-1] if chains else None, diff_id))
+    return chains
+
+
 @dataclass(frozen=True)
 class Layer:
     chain_id: str
     diff_id: str
-    parent: str | None
+    parent: str | None  # ChainID
     cache_id: str
     size: int
     tar_size: int
+
+
+@dataclass(frozen=True)
+class RWLayer:
+    name: str  # the container ID
+    mount_id: str
+    init_id: str
+    parent: str | None  # ChainID of the image's top layer
+
+
+# What must exist in every container's root before it starts, so that runc finds a target
+# for each mount even in a read-only root (dockerd's initlayer).
+INIT_ENTRIES = (
+    ("dev/pts", "dir"),
+    ("dev/shm", "dir"),
+    ("proc", "dir"),
+    ("sys", "dir"),
+    (".dockerenv", "file"),
+    ("etc/resolv.conf", "file"),
+    ("etc/hosts", "file"),
+    ("etc/hostname", "file"),
+    ("dev/console", "file"),
+    ("etc/mtab", "/proc/mounts"),
+)
+
+
+def setup_init_layer(root: Path) -> None:
+    for rel, kind in INIT_ENTRIES:
+        # Unlink what stands on the way (files, symlinks; never directories), so nothing
+        # below can lead out of the root.
+        prefix = root
+        for part in rel.split("/"):
+            prefix = prefix / part
+            try:
+                os.unlink(prefix)
+            except (IsADirectoryError, FileNotFoundError, NotADirectoryError):
+                pass
+        path = root / rel
+        if os.path.lexists(path):
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if kind == "dir":
+            path.mkdir(mode=0o755)
+        elif kind == "file":
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o755))
+        else:
+            os.symlink(kind, path)
+
+
+InitFunc = Callable[[Path], None]
 
 
 class LayerStore:
     def __init__(self, root: Path, driver: GraphDriver) -> None:
         self.root = root
         self.driver = driver
-        self.layers_dir = root / "sha256"
-        self.mounts_dir = root / "mounts"
-        self.tmp_dir = root / "tmp"
-        for d in (self.layers_dir, self.mounts_dir, self.tmp_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)  # leftovers of a crash mid-register
-        self.tmp_dir.mkdir()
-        self._lock = threading.Lock()
+        self._layers_dir = root / "sha256"
+        self._mounts_dir = root / "mounts"
+        self._tmp = root / "tmp"
+        for directory in (self._layers_dir, self._mounts_dir, self._tmp):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        remove_dir(root, self._tmp)  # leftovers of a crash mid-write
+        self._tmp.mkdir(mode=0o700)
+        self._lock = threading.RLock()
+        self._layers: dict[str, Layer] = {}
+        self._refs: dict[str, int] = {}
+        self._rw: dict[str, RWLayer] = {}
+        self._load()
+
+    # -- start-up -------------------------------------------------------------------
+
+    def _load(self) -> None:
+        found: dict[str, Layer] = {}
+        known: set[str] = set()  # driver IDs some metadata names, even unreadable metadata
+        for name in os.listdir(self._layers_dir):
+            try:
+                known.add((self._layers_dir / name / "cache-id").read_text().strip())
+                found["sha256:" + name] = self._read_layer("sha256:" + name)
+            except (OSError, ValueError) as exc:
+                log.warning("layer store: ignoring layer %s: %s", name, exc)
+        # Keep only layers whose whole chain is there, parents first.
+        while found:
+            ready = [
+                layer
+                for layer in found.values()
+                if layer.parent is None or layer.parent in self._layers
+            ]
+            if not ready:
+                for layer in found.values():
+                    log.warning("layer store: ignoring %s: parent missing", layer.chain_id)
+                break
+            for layer in ready:
+                del found[layer.chain_id]
+                self._layers[layer.chain_id] = layer
+                self._refs[layer.chain_id] = 0
+                if layer.parent:
+                    self._refs[layer.parent] += 1
+        for name in os.listdir(self._mounts_dir):
+            try:
+                rw = self._read_rw(name)
+            except (OSError, ValueError) as exc:
+                log.warning("layer store: ignoring read-write layer %s: %s", name, exc)
+                continue
+            known |= {rw.mount_id, rw.init_id}
+            if rw.parent is not None and rw.parent not in self._layers:
+                log.warning("layer store: read-write layer %s lost its image layers", name)
+                continue
+            self._rw[name] = rw
+            if rw.parent:
+                self._refs[rw.parent] += 1
+        for orphan in self.driver.ids() - known:
+            log.info("layer store: removing %s/%s, left by an interrupted operation",
+                     self.driver.name, orphan)  # fmt: skip
+            self.driver.remove(orphan)
+
+    def _read_layer(self, chain: str) -> Layer:
+        directory = self._dir(chain)
+
+        def read(name: str) -> str:
+            return (directory / name).read_text().strip()
+
+        parent = read("parent") if (directory / "parent").exists() else ""
+        return Layer(
+            chain_id=chain,
+            diff_id=read("diff"),
+            parent=parent or None,
+            cache_id=read("cache-id"),
+            size=int(read("size")),
+            tar_size=int(read("tar-size")),
+        )
+
+    def _read_rw(self, name: str) -> RWLayer:
+        directory = self._mounts_dir / name
+        parent = (directory / "parent").read_text().strip()
+        return RWLayer(
+            name=name,
+            mount_id=(directory / "mount-id").read_text().strip(),
+            init_id=(directory / "init-id").read_text().strip(),
+            parent=parent or None,
+        )
+
+    def collect_garbage(self) -> list[Layer]:
+        """Delete layers nothing holds (call once the image store has taken its refs)."""
+        removed: list[Layer] = []
+        with self._lock:
+            for chain in [c for c, n in self._refs.items() if n == 0]:
+                if self._refs.get(chain) == 0:
+                    self._refs[chain] = 1
+                    removed += self.release(chain)
+        return removed
+
+    # -- read-only layers -------------------------------------------------------------
 
     def _dir(self, chain: str) -> Path:
-        return self.layers_dir / chain.removeprefix("sha256:")
+        algorithm, _, hex_digest = chain.partition(":")
+        if algorithm != "sha256" or len(hex_digest) != 64:
+            raise NotFound(f"layer does not exist: {chain}")
+        return self._layers_dir / hex_digest
 
     def get(self, chain: str) -> Layer:
-        directory = self._dir(chain)
-        try:
-            parent = (
-                (directory / "parent").read_text().strip()
-                if (directory / "parent").exists()
-                else None
-            )
-            return Layer(
-                chain_id=chain,
-                diff_id=(directory / "diff").read_text().strip(),
-                parent=parent or None,
-                cache_id=(directory / "cache-id").read_text().strip(),
-                size=int((directory / "size").read_text()),
-                tar_size=int((directory / "tar-size").read_text()),
-            )
-        except (OSError, ValueError) as exc:
-            raise LayerError(f"layer {chain} is not in the store: {exc}") from None
+        layer = self._layers.get(chain)
+        if layer is None:
+            raise NotFound(f"layer does not exist: {chain}")
+        return layer
 
     def exists(self, chain: str) -> bool:
-        return (self._dir(chain) / "diff").exists()
+        return chain in self._layers
+
+    def layers(self) -> list[Layer]:
+        return list(self._layers.values())
 
     def chain(self, top: str | None) -> list[Layer]:
         """The layer and its parents, top first."""
         layers = []
-        current: str | None = top
-        while current:
-            layer = self.get(current)
+        while top:
+            layer = self.get(top)
             layers.append(layer)
-            current = layer.parent
+            top = layer.parent
         return layers
 
-    def register(self, source: BinaryIO, parent: str | None) -> Layer:
-        """Extract an uncompressed layer tar on top of `parent`; reuse an identical layer."""
-        parent_layer = self.get(parent) if parent else None
-        cache_id = secrets.token_hex(32)
-        files = self.driver.create_layer(cache_id, parent_layer.cache_id if parent_layer else None)
-        try:
-            result = extract(source, files, self.driver.whiteouts)
-        except BaseException:
-            self.driver.remove(cache_id)
-            raise
-        chain = chain_id(parent, result.diff_id)
-        with self._lock:
-            if self.exists(chain):
-                self.driver.remove(cache_id)
-                return self.get(chain)
-            staging = Path(self.tmp_dir / cache_id)
-            staging.mkdir()
-            (staging / "diff").write_text(result.diff_id)
-            (staging / "cache-id").write_text(cache_id)
-            (staging / "size").write_text(str(_disk_usage(self.driver.layer_files(cache_id))))
-            (staging / "tar-size").write_text(str(result.tar_size))
-            if parent:
-                (staging / "parent").write_text(parent)
-            save_segments(staging / TAR_SPLIT, result.segments)
-            for name in os.listdir(staging):
-                fd = os.open(staging / name, os.O_RDONLY)
-                os.fsync(fd)
-                os.close(fd)
-            os.rename(staging, self._dir(chain))
-            fsync_dir(self.layers_dir)
-        return self.get(chain)
+    def refcount(self, chain: str) -> int:
+        return self._refs.get(chain, 0)
 
-    def tar_stream(self, chain: str) -> Iterator[bytes]:
-        layer = self.get(chain)
-        segments = load_segments(self._dir(chain) / TAR_SPLIT)
-        return regenerate(segments, self.driver.layer_files(layer.cache_id))
-
-    def remove(self, chain: str) -> None:
-        """Drop one layer (the caller knows nothing references it any more)."""
+    def acquire(self, chain: str) -> Layer:
         with self._lock:
             layer = self.get(chain)
-            directory = self._dir(chain)
-            doomed = self.tmp_dir / f"rm-{secrets.token_hex(8)}"
-            os.rename(directory, doomed)  # gone from the store at once, atomically
-            self.driver.remove(layer.cache_id)
-            shutil.rmtree(doomed, ignore_errors=True)
+            self._refs[chain] += 1
+            return layer
 
-    def all_chains(self) -> list[str]:
-        return ["sha256:" + name for name in os.listdir(self.layers_dir)]
-
-    # -- containers' read-write layers ----------------------------------------------
-
-    def create_rw(self, container_id: str, image_top: str | None) -> None:
-        top = self.get(image_top) if image_top else None
-        mount_id = secrets.token_hex(32)
-        self.driver.create_rw(mount_id, top.cache_id if top else None)
-        staging = self.tmp_dir / f"m-{container_id}"
-        staging.mkdir()
-        (staging / "mount-id").write_text(mount_id)
-        (staging / "parent").write_text(image_top or "")
-        os.rename(staging, self.mounts_dir / container_id)
-        fsync_dir(self.mounts_dir)
-
-    def _rw(self, container_id: str) -> tuple[str, str]:
-        directory = self.mounts_dir / container_id
+    def register(self, source: BinaryIO, parent: str | None) -> Layer:
+        """Extract an uncompressed layer tar on top of `parent`; the caller holds the
+        returned layer (an identical layer already there is shared, not duplicated)."""
+        parent_layer = self.acquire(parent) if parent else None  # kept alive meanwhile
+        cache_id = secrets.token_hex(32)
         try:
-            return (directory / "mount-id").read_text(), (directory / "parent").read_text()
-        except FileNotFoundError:
-            raise LayerError(f"no read-write layer for container {container_id}") from None
+            self.driver.create(cache_id, parent_layer.cache_id if parent_layer else None)
+            result = self.driver.apply_diff(cache_id, source)
+            chain = chain_id(parent, result.diff_id)
+            layer = Layer(
+                chain_id=chain,
+                diff_id=result.diff_id,
+                parent=parent,
+                cache_id=cache_id,
+                size=result.size,
+                tar_size=result.tar_size,
+            )
+            files = {
+                "diff": layer.diff_id.encode(),
+                "cache-id": cache_id.encode(),
+                "size": str(layer.size).encode(),
+                "tar-size": str(layer.tar_size).encode(),
+                TAR_SPLIT: encode_records(result.records),
+            }
+            if parent:
+                files["parent"] = parent.encode()
+            with self._lock:
+                existing = self._layers.get(chain)
+                if existing is None:
+                    remove_dir(self._tmp, self._dir(chain))  # unreadable leftovers, if any
+                    write_dir(self._tmp, self._dir(chain), files)
+                    self._layers[chain] = layer
+                    self._refs[chain] = 1  # the caller's; the parent's ref now belongs to it
+                    return layer
+                self._refs[chain] += 1
+        except BaseException:
+            self.driver.remove(cache_id)
+            if parent:
+                self.release(parent)
+            raise
+        # Someone registered the same layer meanwhile: share theirs, drop our copy.
+        self.driver.remove(cache_id)
+        if parent:
+            self.release(parent)
+        return existing
 
-    def mount_rw(self, container_id: str) -> str:
-        mount_id, parent = self._rw(container_id)
-        chain = [layer.cache_id for layer in self.chain(parent)] if parent else []
-        return self.driver.mount_rw(mount_id, chain)
+    def release(self, chain: str) -> list[Layer]:
+        """Drop one reference; delete the layer (and parents) nothing holds any more.
+        Returns the deleted layers, top first."""
+        removed: list[Layer] = []
+        with self._lock:
+            current: str | None = chain
+            while current:
+                if current not in self._refs:
+                    raise NotFound(f"layer does not exist: {current}")
+                count = self._refs[current] - 1
+                if count:
+                    self._refs[current] = count
+                    break
+                layer = self._layers.pop(current)
+                del self._refs[current]
+                remove_dir(self._tmp, self._dir(current))
+                self.driver.remove(layer.cache_id)
+                removed.append(layer)
+                current = layer.parent
+        return removed
 
-    def unmount_rw(self, container_id: str) -> None:
-        if (self.mounts_dir / container_id).exists():
-            self.driver.unmount_rw(self._rw(container_id)[0])
+    def tar_stream(self, chain: str) -> Iterator[bytes]:
+        """The layer's tar, byte for byte as registered (its sha256 is the DiffID)."""
+        layer = self.get(chain)
+        records = decode_records((self._dir(chain) / TAR_SPLIT).read_bytes())
+        return regenerate(records, self.driver.diff_dir(layer.cache_id), layer.diff_id)
 
-    def remove_rw(self, container_id: str) -> None:
-        directory = self.mounts_dir / container_id
-        if not directory.exists():
-            return
-        mount_id, _ = self._rw(container_id)
-        self.driver.remove(mount_id)
-        shutil.rmtree(directory, ignore_errors=True)
+    # -- containers' read-write layers ------------------------------------------------
 
-    def rw_parents(self) -> set[str]:
-        """Image top layers that containers' RW layers stand on."""
-        parents = set()
-        for name in os.listdir(self.mounts_dir):
-            try:
-                parents.add((self.mounts_dir / name / "parent").read_text())
-            except OSError:
-                continue
-        return parents
+    def create_rw_layer(
+        self, name: str, parent: str | None, init: InitFunc | None = setup_init_layer
+    ) -> RWLayer:
+        """A container's read-write layer over the image's top layer `parent`, with the
+        init layer (mount targets every container needs) in between."""
+        if not name or "/" in name or name in (".", ".."):
+            raise InvalidParameter(f"invalid container ID {name!r}")
+        with self._lock:
+            if name in self._rw:
+                raise Conflict(f"mount already exists with name {name}")
+            parent_layer = self.acquire(parent) if parent else None
+        mount_id = secrets.token_hex(32)
+        init_id = f"{mount_id}-init"
+        rw = RWLayer(name=name, mount_id=mount_id, init_id=init_id, parent=parent)
+        try:
+            self.driver.create(init_id, parent_layer.cache_id if parent_layer else None)
+            if init is not None:
+                root = self.driver.get(init_id)
+                try:
+                    init(root)
+                finally:
+                    self.driver.put(init_id)
+            self.driver.create(mount_id, init_id)
+            files = {"mount-id": mount_id.encode(), "init-id": init_id.encode(),
+                     "parent": (parent or "").encode()}  # fmt: skip
+            with self._lock:
+                if name in self._rw:
+                    raise Conflict(f"mount already exists with name {name}")
+                write_dir(self._tmp, self._mounts_dir / name, files)
+                self._rw[name] = rw
+        except BaseException:
+            self.driver.remove(mount_id)
+            self.driver.remove(init_id)
+            if parent:
+                self.release(parent)
+            raise
+        return rw
 
-    def rw_size(self, container_id: str) -> int:
-        mount_id, _ = self._rw(container_id)
-        return _disk_usage(self.driver.layer_files(mount_id))
+    def get_rw_layer(self, name: str) -> RWLayer:
+        rw = self._rw.get(name)
+        if rw is None:
+            raise NotFound(f"no read-write layer for container {name}")
+        return rw
 
+    def rw_layers(self) -> list[RWLayer]:
+        return list(self._rw.values())
 
-def _disk_usage(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
+    def rw_mounts(self, name: str) -> list[Mount]:
+        """The container's root filesystem as mounts for containerd (nothing is mounted)."""
+        return self.driver.mounts(self.get_rw_layer(name).mount_id)
+
+    def mount_rw_layer(self, name: str) -> Path:
+        """Mount the container's root filesystem here (cp, export, commit); pair with
+        `unmount_rw_layer`."""
+        return self.driver.get(self.get_rw_layer(name).mount_id)
+
+    def unmount_rw_layer(self, name: str) -> None:
+        self.driver.put(self.get_rw_layer(name).mount_id)
+
+    def rw_layer_size(self, name: str) -> int:
+        rw = self.get_rw_layer(name)
+        return self.driver.diff_size(rw.mount_id, rw.init_id)
+
+    def remove_rw_layer(self, name: str) -> list[Layer]:
+        """Delete the read-write layer; returns image layers that went with it (those of
+        an image already deleted by `rmi --force`)."""
+        with self._lock:
+            rw = self.get_rw_layer(name)
+            del self._rw[name]
+        self.driver.remove(rw.mount_id)
+        self.driver.remove(rw.init_id)
+        remove_dir(self._tmp, self._mounts_dir / name)
+        fsync_dir(self._mounts_dir)
+        return self.release(rw.parent) if rw.parent else []
