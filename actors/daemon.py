@@ -151,6 +151,8 @@ class Daemon:
                     {"Name": u.name, "Soft": u.soft, "Hard": u.hard}
                     for u in self.cfg.default_ulimits.values()
                 ],
+                live_restore=lambda: self.cfg.live_restore,
+                shutdown_timeout=lambda: self.cfg.shutdown_timeout,
             )
             self.images.container_usage = self.containers.image_usage
             self.context.actors["containers"] = self.containers

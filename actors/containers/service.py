@@ -81,6 +81,8 @@ class ContainersService:
         events: EventsService,
         cgroup_parent: str = "/pydockerd",
         default_ulimits: Callable[[], list[dict[str, Any]]] = list,
+        live_restore: Callable[[], bool] = lambda: False,
+        shutdown_timeout: Callable[[], int] = lambda: 15,
     ) -> None:
         self.store = ContainerStore(root)
         self.root = root
@@ -90,6 +92,8 @@ class ContainersService:
         self.events = events
         self.cgroup_parent = cgroup_parent
         self.default_ulimits = default_ulimits
+        self.live_restore = live_restore
+        self.shutdown_timeout = shutdown_timeout
         self._locks: dict[str, trio.Lock] = {}
         self._runtime: dict[str, Runtime] = {}
         self._hubs: dict[str, OutputHub] = {}  # attach may subscribe before the start
@@ -112,8 +116,28 @@ class ContainersService:
             await subscribed.wait()
             task_status.started(self)
             await stopping.wait()
+            if not self.live_restore():
+                with trio.move_on_after(self.shutdown_timeout() + 5):
+                    await self._stop_all()
             nursery.cancel_scope.cancel()
         self._nursery = None
+
+    async def _stop_all(self) -> None:
+        """Daemon shutdown without live-restore: stop every container, all at once."""
+        limit = self.shutdown_timeout()
+
+        async def stop_one(container: Container) -> None:
+            timeout = container.Config.get("StopTimeout")
+            timeout = DEFAULT_STOP_TIMEOUT if timeout is None else timeout
+            try:
+                await self.stop(container.Id, min(timeout, limit))
+            except Exception as exc:
+                log.warning("stopping %s at shutdown: %s", container.short_id, exc)
+
+        async with trio.open_nursery() as nursery:
+            for container in self.store:
+                if container.State.Running:
+                    nursery.start_soon(stop_one, container)
 
     async def _monitor(self, subscribed: trio.Event) -> None:
         """Follow containerd's task events; reconcile after every (re)connection."""

@@ -1,0 +1,226 @@
+"""Containers end to end: `docker run` and friends, against real containerd and runc."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import Daemon, running_daemon
+from tests.fixtures.busybox import busybox_archive
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    archive = busybox_archive(tmp_path_factory.mktemp("fixtures") / "busybox.tar")
+    with running_daemon() as d:
+        d.docker("load", "-i", str(archive))
+        yield d
+
+
+def test_run_prints_and_exits_with_the_code(daemon: Daemon) -> None:
+    assert daemon.docker("run", "--rm", "busybox", "echo", "hi").stdout == "hi\n"
+    failed = daemon.docker("run", "--name", "three", "busybox", "sh", "-c", "exit 3", check=False)
+    assert failed.returncode == 3
+    state = json.loads(daemon.docker("inspect", "three").stdout)[0]["State"]
+    assert (state["Status"], state["ExitCode"], state["Running"]) == ("exited", 3, False)
+    daemon.docker("rm", "three")
+
+
+def test_run_with_piped_stdin(daemon: Daemon) -> None:
+    out = daemon.docker("run", "-i", "--rm", "busybox", "cat", input=b"hi\nthere\n")
+    assert out.stdout == "hi\nthere\n"
+
+
+def test_run_interactive_tty(daemon: Daemon) -> None:
+    """`docker run -it busybox sh` under a real pseudo-terminal."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the docker CLI on the terminal
+        os.environ.update(daemon.env())
+        os.execvp("docker", ["docker", "run", "-it", "--rm", "busybox", "sh"])
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        sent = False
+        while time.monotonic() < deadline and b"42" not in seen.replace(b"6*7", b""):
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+            if not sent and (b"#" in seen or time.monotonic() > deadline - 25):
+                os.write(fd, b"echo $((6*7))\r")
+                sent = True
+        assert b"42" in seen.replace(b"6*7", b""), seen
+        os.write(fd, b"\x04")  # ctrl-d ends the shell, and so the container
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.close(fd)
+
+
+def test_detached_logs_stop_rm(daemon: Daemon) -> None:
+    try:
+        _logs_and_stop(daemon)
+    finally:
+        daemon.docker("rm", "-f", "talker", check=False)
+
+
+def _logs_and_stop(daemon: Daemon) -> None:
+    cid = daemon.docker(
+        "run", "-d", "--name", "talker", "busybox", "sh", "-c",
+        "for i in 1 2 3; do echo line$i; done; echo oops >&2; exec sleep 300",
+    ).stdout.strip()  # fmt: skip
+    assert len(cid) == 64
+    deadline = time.monotonic() + 10
+    while "oops" not in daemon.docker("logs", "talker").stderr and time.monotonic() < deadline:
+        time.sleep(0.1)
+    logs = daemon.docker("logs", "talker")
+    assert logs.stdout == "line1\nline2\nline3\n" and logs.stderr == "oops\n"
+    tail = daemon.docker("logs", "--tail", "1", "talker")
+    assert len(tail.stdout.splitlines() + tail.stderr.splitlines()) == 1
+    stamped = daemon.docker("logs", "-t", "talker").stdout.splitlines()[0]
+    assert stamped.endswith(" line1") and stamped[4] == "-" and stamped[29] == "Z"
+    follower = subprocess.Popen(
+        ["docker", "logs", "-f", "talker"], env=daemon.env(), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        daemon.docker("stop", "-t", "1", "talker")
+        out, _ = follower.communicate(timeout=15)  # follow ends when the container stops
+        assert out == "line1\nline2\nline3\n"
+    finally:
+        follower.kill()
+    assert json.loads(daemon.docker("inspect", "talker").stdout)[0]["State"]["ExitCode"] == 137
+    daemon.docker("rm", "talker")
+    assert daemon.docker("ps", "-aq", "--filter", "name=talker").stdout == ""
+
+
+def test_ps_filters_and_names(daemon: Daemon) -> None:
+    for name, code in (("exit0", 0), ("exit1", 1)):
+        daemon.docker("run", "--name", name, "busybox", "sh", "-c", f"exit {code}", check=False)
+    daemon.docker(
+        "run", "-d", "--name", "runner", "--label", "role=test", "busybox", "sleep", "300"
+    )
+    try:
+        exited = daemon.docker("ps", "--filter", "status=exited", "--format", "{{.Names}}")
+        assert sorted(exited.stdout.split()) == ["exit0", "exit1"]
+        running = daemon.docker("ps", "--format", "{{.Names}} {{.Status}}").stdout.splitlines()
+        assert len(running) == 1 and running[0].startswith("runner Up")
+        by_code = daemon.docker("ps", "-a", "--filter", "exited=1", "--format", "{{.Names}}")
+        assert by_code.stdout.split() == ["exit1"]
+        labelled = daemon.docker("ps", "--filter", "label=role=test", "-q").stdout.split()
+        assert len(labelled) == 1
+    finally:
+        daemon.docker("rm", "-f", "exit0", "exit1", "runner")
+
+
+def test_docker_py_run(daemon: Daemon) -> None:
+    client = daemon.client()
+    try:
+        assert client.containers.run("busybox", "echo hi", remove=True) == b"hi\n"
+        container = client.containers.run("busybox", ["sh", "-c", "echo out; exit 4"], detach=True)
+        assert container.wait()["StatusCode"] == 4
+        assert container.logs() == b"out\n"
+        container.remove()
+        assert container.id not in [c.id for c in client.containers.list(all=True)]
+    finally:
+        client.close()
+
+
+def test_bad_input(daemon: Daemon) -> None:
+    client = daemon.client()
+    try:
+        response = client.api.post(
+            client.api._url("/containers/create"), json={"Image": "no-such-image"}
+        )
+        assert response.status_code == 404
+        assert response.json() == {"message": "No such image: no-such-image:latest"}
+    finally:
+        client.close()
+    unknown = daemon.docker("run", "--rm", "no-such-image", check=False)
+    assert unknown.returncode == 125
+    daemon.docker("run", "-d", "--name", "dup", "busybox", "sleep", "300")
+    try:
+        clash = daemon.docker("run", "--name", "dup", "busybox", "true", check=False)
+        assert clash.returncode == 125
+        assert 'Conflict. The container name "/dup" is already in use by container' in clash.stderr
+        busy = daemon.docker("rm", "dup", check=False)
+        assert (
+            "container is running: stop the container before removing or force remove"
+            in busy.stderr
+        )
+        tiny = daemon.docker("run", "--memory", "1m", "busybox", "true", check=False)
+        assert tiny.returncode == 125 and "Minimum memory limit allowed is 6MB" in tiny.stderr
+        cpus = daemon.docker("run", "--cpus", "99", "busybox", "true", check=False)
+        assert cpus.returncode == 125 and "Range of CPUs is from 0.01" in cpus.stderr
+    finally:
+        daemon.docker("rm", "-f", "dup")
+    gone = daemon.docker("inspect", "--type", "container", "nothing", check=False)
+    assert gone.returncode != 0 and "No such container: nothing" in gone.stderr
+
+
+def test_containerd_killed_under_a_running_daemon(daemon: Daemon) -> None:
+    """The API never hangs; exits missed while containerd was gone are found afterwards."""
+    daemon.docker("run", "-d", "--name", "survivor", "busybox", "sleep", "300")
+    daemon.docker("run", "-d", "--name", "quitter", "busybox", "sh", "-c", "sleep 2; exit 7")
+    pid_before = json.loads(daemon.docker("inspect", "survivor").stdout)[0]["State"]["Pid"]
+    containerd_pid = _managed_containerd_pid(daemon)
+    os.kill(containerd_pid, signal.SIGKILL)
+    try:
+        start = time.monotonic()
+        version = daemon.docker("version", "--format", "{{.Server.APIVersion}}", timeout=10)
+        assert version.stdout.strip() == "1.47"
+        # Calls that need containerd answer (503 or success after reconnecting), never hang.
+        daemon.docker("start", "survivor", check=False, timeout=15)
+        assert time.monotonic() - start < 20
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            state = json.loads(daemon.docker("inspect", "quitter").stdout)[0]["State"]
+            if state["Status"] == "exited":
+                break
+            time.sleep(0.3)
+        assert (state["Status"], state["ExitCode"]) == ("exited", 7)
+        alive = json.loads(daemon.docker("inspect", "survivor").stdout)[0]["State"]
+        assert alive["Running"] and alive["Pid"] == pid_before
+        assert _managed_containerd_pid(daemon) != containerd_pid
+    finally:
+        daemon.docker("rm", "-f", "survivor", "quitter")
+
+
+def _managed_containerd_pid(daemon: Daemon) -> int:
+    config = daemon.exec_root / "containerd" / "containerd.toml"
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmdline[:1] == [b"containerd"] and str(config).encode() in cmdline:
+                return int(proc.name)
+    raise AssertionError("the daemon's containerd is not running")
+
+
+def test_shutdown_stops_containers(tmp_path: Path) -> None:
+    archive = busybox_archive(tmp_path / "busybox.tar")
+    with running_daemon("--shutdown-timeout", "2") as d:
+        d.docker("load", "-i", str(archive))
+        d.docker("run", "-d", "--name", "sleeper", "busybox", "sleep", "300")
+        pid = json.loads(d.docker("inspect", "sleeper").stdout)[0]["State"]["Pid"]
+        assert Path(f"/proc/{pid}").exists()
+        started = time.monotonic()
+        assert d.stop() == 0
+        assert time.monotonic() - started < 15
+        assert not Path(f"/proc/{pid}").exists()
