@@ -121,7 +121,7 @@ class Daemon:
                 data_root=Path(self.cfg.data_root),
                 exec_root=Path(self.cfg.exec_root),
             )
-            self.context.actors["containerd"] = self.containerd
+            self.context.register("containerd", self.containerd)
         await self.containerd.run(stopping=stopping, task_status=task_status)
 
     async def _run_images(self, *, stopping: trio.Event, task_status: Any) -> None:
@@ -130,7 +130,7 @@ class Daemon:
             self.images = await trio.to_thread.run_sync(
                 module.ImagesService, Path(self.cfg.data_root), self.cfg.storage_driver
             )
-            self.context.actors["images"] = self.images
+            self.context.register("images", self.images)
         assert self.images is not None
         await self.images.run(stopping=stopping, task_status=task_status)
 
@@ -155,7 +155,7 @@ class Daemon:
                 shutdown_timeout=lambda: self.cfg.shutdown_timeout,
             )
             self.images.container_usage = self.containers.image_usage
-            self.context.actors["containers"] = self.containers
+            self.context.register("containers", self.containers)
         assert self.containers is not None
         await self.containers.run(stopping=stopping, task_status=task_status)
 

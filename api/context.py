@@ -10,6 +10,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import trio
+
+from kernel.errors import Unavailable
+
+# The API serves before the actors behind it are up (DESIGN.md §1); a request for one
+# that is still starting waits this long.
+ACTOR_START_WAIT = 30.0
+
 if TYPE_CHECKING:
     from actors.events import EventsService
     from config import DaemonConfig
@@ -35,8 +43,22 @@ class ApiContext:
     config: Callable[[], DaemonConfig]
     supervisor: Callable[[], Supervisor | None] = lambda: None
     authz_hooks: list[AuthzHook] = field(default_factory=list)
-    # Handles of actors that come in later issues, by name.
+    # Handles of the domain actors, by name, once each has started.
     actors: dict[str, Any] = field(default_factory=dict)
+    _arrived: dict[str, trio.Event] = field(default_factory=dict)
+
+    def register(self, name: str, handle: Any) -> None:
+        self.actors[name] = handle
+        self._arrived.setdefault(name, trio.Event()).set()
+
+    async def actor(self, name: str) -> Any:
+        """The actor's handle; while the daemon is still starting it, wait (bounded)."""
+        if name not in self.actors:
+            with trio.move_on_after(ACTOR_START_WAIT):
+                await self._arrived.setdefault(name, trio.Event()).wait()
+        if name not in self.actors:
+            raise Unavailable(f"{name} is not available")
+        return self.actors[name]
 
 
 def ctx() -> ApiContext:

@@ -224,3 +224,58 @@ def test_shutdown_stops_containers(tmp_path: Path) -> None:
         assert d.stop() == 0
         assert time.monotonic() - started < 15
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_pause_rename_update_restart_prune(daemon: Daemon) -> None:
+    daemon.docker("run", "-d", "--name", "p1", "busybox", "sleep", "300")
+    try:
+        daemon.docker("pause", "p1")
+        assert daemon.docker("inspect", "-f", "{{.State.Status}}", "p1").stdout.strip() == "paused"
+        assert "(Paused)" in daemon.docker("ps", "--format", "{{.Status}}").stdout
+        daemon.docker("unpause", "p1")
+        daemon.docker("rename", "p1", "p2")
+        assert daemon.docker("inspect", "-f", "{{.Name}}", "p2").stdout.strip() == "/p2"
+        daemon.docker("update", "--memory", "64m", "--memory-swap", "128m", "p2")
+        memory = daemon.docker("inspect", "-f", "{{.HostConfig.Memory}}", "p2").stdout.strip()
+        assert memory == str(64 * 1024 * 1024)
+        pid = daemon.docker("inspect", "-f", "{{.State.Pid}}", "p2").stdout.strip()
+        daemon.docker("restart", "-t", "1", "p2")
+        state = json.loads(daemon.docker("inspect", "p2").stdout)[0]["State"]
+        assert state["Running"] and str(state["Pid"]) != pid
+    finally:
+        daemon.docker("rm", "-f", "p2", check=False)
+    daemon.docker("create", "--name", "stale", "busybox", "true")
+    pruned = daemon.docker("container", "prune", "-f").stdout
+    assert "Deleted Containers:" in pruned
+    assert daemon.docker("ps", "-aq", "--filter", "name=stale").stdout == ""
+
+
+def test_run_options(daemon: Daemon, tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)  # the container writes there as nobody
+    script = (
+        "id -u; echo $A; pwd; hostname; "
+        "touch /x 2>/dev/null || echo read-only; touch /scratch/ok && echo tmpfs; "
+        "echo from-container > /data/out"
+    )
+    out = daemon.docker(
+        "run", "--rm", "-u", "nobody", "-e", "A=b", "-w", "/tmp", "--hostname", "box1",
+        "--read-only", "--tmpfs", "/scratch", "-v", f"{tmp_path}:/data", "busybox", "sh", "-c",
+        script,
+    )  # fmt: skip
+    assert out.stdout.splitlines() == ["65534", "b", "/tmp", "box1", "read-only", "tmpfs"]
+    assert (tmp_path / "out").read_text() == "from-container\n"
+
+
+def test_start_attach_and_attach(daemon: Daemon) -> None:
+    daemon.docker("create", "--name", "later", "busybox", "echo", "started")
+    try:
+        assert daemon.docker("start", "-a", "later").stdout == "started\n"
+    finally:
+        daemon.docker("rm", "later")
+    daemon.docker("run", "-d", "--name", "ticker", "busybox", "sh", "-c",
+                  "sleep 1; for i in 1 2 3; do echo tick$i; done")  # fmt: skip
+    try:
+        out = daemon.docker("attach", "ticker", timeout=20).stdout
+        assert "tick3" in out
+    finally:
+        daemon.docker("rm", "-f", "ticker")

@@ -18,7 +18,7 @@ from api.http import (
     query_int,
     read_json,
 )
-from kernel.errors import InvalidParameter, Unavailable
+from kernel.errors import InvalidParameter
 
 if TYPE_CHECKING:
     from actors.containers.service import ContainersService
@@ -29,11 +29,8 @@ PS_FILTERS = {"ancestor", "before", "expose", "exited", "health", "id", "isolati
               "label", "name", "network", "publish", "since", "status", "volume"}  # fmt: skip
 
 
-def containers() -> ContainersService:
-    service = ctx().actors.get("containers")
-    if service is None:
-        raise Unavailable("containers is not available")
-    return service  # type: ignore[no-any-return]
+async def containers() -> ContainersService:
+    return await ctx().actor("containers")  # type: ignore[no-any-return]
 
 
 def _optional_int(name: str) -> int | None:
@@ -61,7 +58,7 @@ def _timestamp(name: str) -> int:
 @router.route("/containers/create", methods=["POST"])
 async def create() -> Response:
     body = await read_json(dict[str, Any], allow_empty=False)
-    cid, warnings = await containers().create(request.args.get("name", ""), body)
+    cid, warnings = await (await containers()).create(request.args.get("name", ""), body)
     return json_response({"Id": cid, "Warnings": warnings}, status=201)
 
 
@@ -70,7 +67,7 @@ async def list_containers() -> Response:
     filters = parse_filters(request.args.get("filters"))
     check_filter_keys(filters, PS_FILTERS)
     return json_response(
-        containers().list_containers(
+        (await containers()).list_containers(
             filters,
             all_containers=query_bool("all"),
             limit=query_int("limit", -1),
@@ -81,46 +78,46 @@ async def list_containers() -> Response:
 
 @router.route("/containers/<name>/json", methods=["GET"])
 async def inspect(name: str) -> Response:
-    data = containers().inspect(name)
+    data = (await containers()).inspect(name)
     if query_bool("size"):
-        service = containers()
+        service = await containers()
         data["SizeRw"] = service.images.rw_size(data["Id"])
     return json_response(data)
 
 
 @router.route("/containers/<name>/start", methods=["POST"])
 async def start(name: str) -> Response:
-    await containers().start(name)
+    await (await containers()).start(name)
     return no_content()
 
 
 @router.route("/containers/<name>/stop", methods=["POST"])
 async def stop(name: str) -> Response:
-    await containers().stop(name, _optional_int("t"), request.args.get("signal", ""))
+    await (await containers()).stop(name, _optional_int("t"), request.args.get("signal", ""))
     return no_content()
 
 
 @router.route("/containers/<name>/restart", methods=["POST"])
 async def restart(name: str) -> Response:
-    await containers().restart(name, _optional_int("t"))
+    await (await containers()).restart(name, _optional_int("t"))
     return no_content()
 
 
 @router.route("/containers/<name>/kill", methods=["POST"])
 async def kill(name: str) -> Response:
-    await containers().kill(name, request.args.get("signal", "KILL"))
+    await (await containers()).kill(name, request.args.get("signal", "KILL"))
     return no_content()
 
 
 @router.route("/containers/<name>/pause", methods=["POST"])
 async def pause(name: str) -> Response:
-    await containers().pause(name)
+    await (await containers()).pause(name)
     return no_content()
 
 
 @router.route("/containers/<name>/unpause", methods=["POST"])
 async def unpause(name: str) -> Response:
-    await containers().unpause(name)
+    await (await containers()).unpause(name)
     return no_content()
 
 
@@ -129,20 +126,20 @@ async def rename(name: str) -> Response:
     new_name = request.args.get("name", "")
     if not new_name:
         raise InvalidParameter("Neither old nor new names may be empty")
-    await containers().rename(name, new_name)
+    await (await containers()).rename(name, new_name)
     return no_content()
 
 
 @router.route("/containers/<name>/resize", methods=["POST"])
 async def resize(name: str) -> Response:
-    await containers().resize(name, query_int("h", 0), query_int("w", 0))
+    await (await containers()).resize(name, query_int("h", 0), query_int("w", 0))
     return Response(b"", status=200)
 
 
 @router.route("/containers/<name>/update", methods=["POST"])
 async def update(name: str) -> Response:
     changes = await read_json(dict[str, Any])
-    warnings = await containers().update(name, changes)
+    warnings = await (await containers()).update(name, changes)
     return json_response({"Warnings": warnings})
 
 
@@ -150,7 +147,7 @@ async def update(name: str) -> Response:
 async def remove(name: str) -> Response:
     if query_bool("link"):
         raise InvalidParameter("links are not supported")
-    await containers().remove(name, force=query_bool("force"), volumes=query_bool("v"))
+    await (await containers()).remove(name, force=query_bool("force"), volumes=query_bool("v"))
     return no_content()
 
 
@@ -158,12 +155,12 @@ async def remove(name: str) -> Response:
 async def prune() -> Response:
     filters = parse_filters(request.args.get("filters"))
     check_filter_keys(filters, {"label", "until"})
-    return json_response(await containers().prune(filters))
+    return json_response(await (await containers()).prune(filters))
 
 
 @router.route("/containers/<name>/wait", methods=["POST"])
 async def wait(name: str) -> Response:
-    service = containers()
+    service = await containers()
     condition = request.args.get("condition", "")
     container = service.store.get(name)  # unknown → 404 before the stream starts
     if condition not in ("", "not-running", "next-exit", "removed"):
@@ -186,7 +183,7 @@ async def wait(name: str) -> Response:
 async def logs(name: str) -> Response:
     from actors.containers.attach import log_stream
 
-    service = containers()
+    service = await containers()
     tail_text = request.args.get("tail", "all")
     tail = -1 if tail_text in ("all", "") else int(tail_text) if tail_text.isdigit() else -1
     stream = await log_stream(
@@ -226,5 +223,5 @@ async def attach(name: str) -> Response:
     async def take(content_type: str) -> Any:
         return await hijack(content_type=content_type, headers=common)
 
-    await attach(containers(), name, options, take)
+    await attach(await containers(), name, options, take)
     return Response(b"", status=200)  # dropped: the connection was hijacked

@@ -21,13 +21,8 @@ router = Blueprint("images", __name__)
 LIST_FILTERS = {"before", "dangling", "label", "reference", "since", "until"}
 
 
-def images() -> ImagesService:
-    service = ctx().actors.get("images")
-    if service is None:
-        from kernel.errors import Unavailable
-
-        raise Unavailable("images is not available")
-    return service  # type: ignore[no-any-return]
+async def images() -> ImagesService:
+    return await ctx().actor("images")  # type: ignore[no-any-return]
 
 
 def json_lines(messages: Iterable[dict[str, Any]]) -> Response:
@@ -50,28 +45,30 @@ async def list_images() -> Response:
     check_filter_keys(filters, LIST_FILTERS)
     if request.args.get("filter"):  # the pre-1.25 single reference filter
         filters.setdefault("reference", []).append(request.args["filter"])
-    return json_response(images().list_images(filters))
+    return json_response((await images()).list_images(filters))
 
 
 @router.route("/images/<path:name>/json", methods=["GET"])
 async def inspect(name: str) -> Response:
-    return json_response(images().inspect(name))
+    return json_response((await images()).inspect(name))
 
 
 @router.route("/images/<path:name>/history", methods=["GET"])
 async def history(name: str) -> Response:
-    return json_response(images().history(name))
+    return json_response((await images()).history(name))
 
 
 @router.route("/images/<path:name>/tag", methods=["POST"])
 async def tag(name: str) -> Response:
-    await images().tag(name, request.args.get("repo", ""), request.args.get("tag", ""))
+    await (await images()).tag(name, request.args.get("repo", ""), request.args.get("tag", ""))
     return Response(b"", status=201)
 
 
 @router.route("/images/<path:name>", methods=["DELETE"])
 async def remove(name: str) -> Response:
-    report = await images().remove(name, force=query_bool("force"), prune=not query_bool("noprune"))
+    report = await (await images()).remove(
+        name, force=query_bool("force"), prune=not query_bool("noprune")
+    )
     return json_response(report)
 
 
@@ -79,20 +76,20 @@ async def remove(name: str) -> Response:
 async def prune() -> Response:
     filters = parse_filters(request.args.get("filters"))
     check_filter_keys(filters, {"dangling", "label", "until"})
-    return json_response(await images().prune(filters))
+    return json_response(await (await images()).prune(filters))
 
 
 @router.route("/images/load", methods=["POST"])
 async def load() -> Response:
     try:
-        messages = await images().load(request.body)  # type: ignore[arg-type]
+        messages = await (await images()).load(request.body)  # type: ignore[arg-type]
     except DaemonError as exc:
         return json_lines([error_message(exc)])
     return json_lines({"stream": m + "\n"} for m in messages)
 
 
 async def _save(names: list[str]) -> Response:
-    service = images()
+    service = await images()
     targets = service.save_targets(names)  # unknown names fail here, before any byte
     body = stream_output(lambda out: service.save(targets, out))
     return Response(body, status=200, content_type="application/x-tar")
@@ -119,7 +116,7 @@ async def create() -> Response:
     if source != "-":
         raise NotImplementedYet("importing from a URL is not supported; use fromSrc=-")
     try:
-        image = await images().import_image(
+        image = await (await images()).import_image(
             request.body,  # type: ignore[arg-type]
             repo=request.args.get("repo", ""),
             tag=request.args.get("tag", ""),
