@@ -105,7 +105,7 @@ class ApiService:
         log.info("API listen on %s", host)
 
     async def run(self, *, stopping: trio.Event, task_status: trio.TaskStatus[ApiService]) -> None:
-        self.server = H1Server(self.edge, graceful_timeout=10.0)
+        self.server = H1Server(self.edge, graceful_timeout=10.0, fast_lane=self.edge.fast_lane)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.server.run)

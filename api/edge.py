@@ -25,6 +25,15 @@ _PING_HEADERS: Headers = [
 ]
 
 
+# Headers that need the full HTTP machinery (h11 handles them).
+_NOT_FAST = (b"connection:", b"upgrade:", b"expect:", b"content-length:", b"transfer-encoding:")
+
+
+def _raw_response(start: Message, body: bytes) -> bytes:
+    headers = b"".join(name.title() + b": " + value + b"\r\n" for name, value in start["headers"])
+    return b"HTTP/1.1 200 OK\r\n" + headers + b"\r\n" + body
+
+
 class ApiEdge:
     def __init__(self, *, server: str, experimental: bool = False) -> None:
         self._common: Headers = [
@@ -37,6 +46,10 @@ class ApiEdge:
         self._ping_head = self._response_start(200, _PING_HEADERS + [(b"content-length", b"0")])
         self._app: ASGIApp | None = None
         self._app_ready = trio.Event()
+        self._ping_bytes = {
+            method: _raw_response(self._ping_get if method == b"GET" else self._ping_head, body)
+            for method, body in ((b"GET", b"OK"), (b"HEAD", b""))
+        }
 
     @property
     def common_headers(self) -> Headers:
@@ -51,6 +64,27 @@ class ApiEdge:
     @property
     def app(self) -> ASGIApp | None:
         return self._app
+
+    def fast_lane(self, request: bytes) -> bytes | None:
+        """The whole response to a bare `GET|HEAD /_ping` that came alone in one read."""
+        head, sep, rest = request.partition(b"\r\n\r\n")
+        if not sep or rest:
+            return None
+        line, _, headers = head.partition(b"\r\n")
+        parts = line.split(b" ")
+        if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in (b"GET", b"HEAD"):
+            return None
+        path = parts[1]
+        if not path.endswith(b"/_ping"):
+            return None
+        try:
+            _, bare = split_version(path.decode("ascii"))
+        except (VersionError, UnicodeDecodeError):
+            return None
+        lowered = headers.lower()
+        if bare != "/_ping" or any(h in lowered for h in _NOT_FAST):
+            return None
+        return self._ping_bytes[parts[0]]
 
     def _response_start(self, status: int, headers: Headers) -> Message:
         return {"type": "http.response.start", "status": status, "headers": headers + self._common}

@@ -81,6 +81,12 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, 404, b"no")
 
 
+def fast_lane(request: bytes) -> bytes | None:
+    if request == b"GET /fast HTTP/1.1\r\nHost: d\r\n\r\n":
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfast"
+    return None
+
+
 @asynccontextmanager
 async def serving() -> AsyncIterator[tuple[H1Server, str]]:
     root = short_tempdir("h1")
@@ -88,7 +94,7 @@ async def serving() -> AsyncIterator[tuple[H1Server, str]]:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await sock.bind(path)
     sock.listen(16)
-    server = H1Server(app, graceful_timeout=2)
+    server = H1Server(app, graceful_timeout=2, fast_lane=fast_lane)
     STREAM_GATE.clear()
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
@@ -338,3 +344,24 @@ async def test_drain_finishes_in_flight_and_closes_idle() -> None:
             with trio.fail_after(5):
                 await server.stopped.wait()
         assert results == [b"slow done"]
+
+
+async def test_fast_lane_mixes_with_normal_requests() -> None:
+    async with serving() as (_, path):
+
+        def client() -> None:
+            fast = b"GET /fast HTTP/1.1\r\nHost: d\r\n\r\n"
+            with connect(path) as sock:
+                for request, body in (
+                    (fast, b"fast"),
+                    (b"GET /ping HTTP/1.1\r\nHost: d\r\n\r\n", b"OK"),
+                    (fast, b"fast"),
+                ):
+                    sock.sendall(request)
+                    assert read_response(sock)[1] == body
+                # Two requests in one read are not for the fast lane: the app answers both.
+                sock.sendall(fast + fast)
+                assert read_response(sock)[1] == b"no"
+                assert read_response(sock)[1] == b"no"
+
+        await trio.to_thread.run_sync(client)
