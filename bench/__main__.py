@@ -1,17 +1,28 @@
-"""`make bench`: every figure next to dockerd's, measured in the same run when installed."""
+"""`make bench`: every figure next to dockerd's, measured in the same run when installed.
+
+python -m bench [ping] [images] [containers] [bridge]   (default: all groups)
+"""
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
+from bench import bridge, containers, images
 from bench.engines import dockerd_available, start_engine
 from bench.ping import ping_throughput
 
 RUNS = 5
+NAN = float("nan")
+
+Row = tuple[str, str, str]  # label, result key, goal
 
 
-def measure(name: str) -> dict[str, float]:
+def measure_ping(name: str) -> dict[str, float]:
     starts = []
     for _ in range(RUNS):
         with start_engine(name) as (_engine, first_ping):
@@ -22,26 +33,99 @@ def measure(name: str) -> dict[str, float]:
     return {"start_s": statistics.median(starts), "ping_rps": rate, "ping_cpu_us": cpu_us}
 
 
-def main() -> int:
+_archive: list[Path] = []
+
+
+def big_archive() -> Path:
+    """The ~100 MB image archive, written once per run (removed by main)."""
+    if not _archive:
+        directory = Path(tempfile.mkdtemp(prefix="bench-images-", dir="/tmp"))
+        _archive.append(images.build_archive(directory))
+    return _archive[0]
+
+
+def measure_images(name: str) -> dict[str, float]:
+    with start_engine(name) as (engine, _):
+        return images.measure(engine, big_archive())
+
+
+def measure_containers(name: str) -> dict[str, float]:
+    with start_engine(name) as (engine, _):
+        return containers.measure(engine)
+
+
+def measure_bridge(name: str) -> dict[str, float]:
+    return bridge.measure() if name == "pydockerd" else {}
+
+
+GROUPS: dict[str, tuple[Callable[[str], dict[str, float]], list[Row]]] = {
+    "ping": (
+        measure_ping,
+        [
+            ("start to first /_ping (s, median of 5)", "start_s", "goal < 0.25 s"),
+            ("/_ping req/s, 8 keep-alive unix clients", "ping_rps", "goal >= 10k"),
+            ("daemon CPU per /_ping (us)", "ping_cpu_us", ""),
+        ],
+    ),
+    "images": (
+        measure_images,
+        [
+            ("docker load -i, 100 MB random (MB/s)", "load_mbps", "goal >= dockerd"),
+            ("docker save -o, 100 MB random (MB/s)", "save_mbps", "goal >= dockerd"),
+        ],
+    ),
+    "containers": (
+        measure_containers,
+        [
+            ("docker run --rm true (s, median of 10)", "run_s", "goal <= dockerd"),
+            ("  containerd floor: ctr run --rm (s)", "ctr_floor_s", "floor for the row above"),
+            ("API create+start+wait+rm (s, median 10)", "lifecycle_s", "goal <= dockerd"),
+            ("50 lifecycles, 10 threads (s total)", "parallel50_s", "goal <= dockerd"),
+            ("GET /containers/json, 200 (ms, median)", "list_ms", "goal <= dockerd"),
+            ("GET /containers/json, 200, 8 thr (req/s)", "list_rps", "goal >= dockerd"),
+            ("daemon CPU per list request (ms)", "list_cpu_ms", "goal <= dockerd"),
+            ("GET /containers/{id}/json (ms, median)", "inspect_ms", "goal <= dockerd"),
+            ("idle RSS, 0 containers (MB)", "rss_idle_mb", "goal <= dockerd"),
+            ("RSS, 50 running containers (MB)", "rss_50_mb", "goal <= dockerd"),
+        ],
+    ),
+    "bridge": (
+        measure_bridge,
+        [
+            ("containerd Version via trio bridge (us)", "bridge_us", ""),
+            ("containerd Version, native asyncio (us)", "native_us", ""),
+            ("bridge overhead per call (us)", "bridge_overhead_us", "goal <= 60 us"),
+        ],
+    ),
+}
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or list(GROUPS)
+    unknown = [g for g in chosen if g not in GROUPS]
+    if unknown:
+        print(f"unknown group(s): {' '.join(unknown)}; choose from {' '.join(GROUPS)}")
+        return 2
     engines = ["pydockerd"] + (["dockerd"] if dockerd_available() else [])
-    results = {name: measure(name) for name in engines}
-    ours = results["pydockerd"]
-    theirs = results.get("dockerd")
-    rows = [
-        ("start to first /_ping (s, median of 5)", "start_s", "goal < 0.25 s"),
-        ("/_ping req/s, 8 keep-alive unix clients", "ping_rps", "goal >= 10k"),
-        ("daemon CPU per /_ping (us)", "ping_cpu_us", ""),
-    ]
-    print(f"{'benchmark':44} {'pydockerd':>12} {'dockerd':>12} {'ratio':>8}  note")
-    for label, key, note in rows:
-        mine = ours[key]
-        other = theirs[key] if theirs else float("nan")
-        ratio = mine / other if theirs else float("nan")
-        print(f"{label:44} {mine:12.4g} {other:12.4g} {ratio:8.2f}  {note}")
-    if theirs is None:
+    print(f"{'benchmark':44} {'pydockerd':>12} {'dockerd':>12} {'ratio':>8}  note", flush=True)
+    try:
+        for group in chosen:
+            measure, rows = GROUPS[group]
+            results = {name: measure(name) for name in engines}
+            ours = results["pydockerd"]
+            theirs = results.get("dockerd", {})
+            for label, key, note in rows:
+                mine = ours.get(key, NAN)
+                other = theirs.get(key, NAN)
+                ratio = mine / other if other else NAN
+                print(f"{label:44} {mine:12.4g} {other:12.4g} {ratio:8.2f}  {note}", flush=True)
+    finally:
+        for archive in _archive:
+            shutil.rmtree(archive.parent, ignore_errors=True)
+    if "dockerd" not in engines:
         print("dockerd is not installed: its column is empty", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -112,7 +112,9 @@ def remove_all(engine: Engine) -> None:
     client.close()
 
 
-def list_rate(engine: Engine, url: str, *, threads: int = 8, seconds: float = 3.0) -> tuple[float, float]:
+def list_rate(
+    engine: Engine, url: str, *, threads: int = 8, seconds: float = 3.0
+) -> tuple[float, float]:
     """(requests/s, engine CPU ms per request) of GET url with `threads` keep-alive clients."""
     counts = [0] * threads
     deadline = time.perf_counter() + seconds
@@ -218,13 +220,16 @@ def measure(engine: Engine) -> dict[str, float]:
         listed = json.loads(conn.get("/containers/json?all=1"))
         if len(listed) != 200:
             raise RuntimeError(f"listed {len(listed)} containers, expected 200")
-        out["list_ms"] = statistics.median(
-            timed(lambda: conn.get("/containers/json?all=1")) for _ in range(50)
-        ) * 1e3
+        out["list_ms"] = (
+            statistics.median(timed(lambda: conn.get("/containers/json?all=1")) for _ in range(50))
+            * 1e3
+        )
         out["list_rps"], out["list_cpu_ms"] = list_rate(engine, "/containers/json?all=1")
         inspect_url = f"/containers/{ids[0]}/json"
         conn.get(inspect_url)
-        out["inspect_ms"] = statistics.median(timed(lambda: conn.get(inspect_url)) for _ in range(50)) * 1e3
+        out["inspect_ms"] = (
+            statistics.median(timed(lambda: conn.get(inspect_url)) for _ in range(50)) * 1e3
+        )
         conn.close()
         remove_all(engine)
 
