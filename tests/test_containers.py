@@ -279,3 +279,44 @@ def test_start_attach_and_attach(daemon: Daemon) -> None:
         assert "tick3" in out
     finally:
         daemon.docker("rm", "-f", "ticker")
+
+
+def test_exec(daemon: Daemon) -> None:
+    daemon.docker("run", "-d", "--name", "host", "busybox", "sleep", "300")
+    try:
+        assert daemon.docker("exec", "host", "echo", "hello-exec").stdout == "hello-exec\n"
+        assert daemon.docker("exec", "host", "sh", "-c", "exit 5", check=False).returncode == 5
+        piped = daemon.docker("exec", "-i", "host", "cat", input=b"through stdin\n")
+        assert piped.stdout == "through stdin\n"
+        options = daemon.docker("exec", "-u", "nobody", "-w", "/tmp", "-e", "X=1", "host",
+                                "sh", "-c", "id -u; pwd; echo $X")  # fmt: skip
+        assert options.stdout.splitlines() == ["65534", "/tmp", "1"]
+        daemon.docker("exec", "-d", "host", "sh", "-c", "echo bg > /tmp/marker")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if daemon.docker("exec", "host", "cat", "/tmp/marker", check=False).stdout == "bg\n":
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the detached exec did not run")
+        client = daemon.client()
+        try:
+            result = client.containers.get("host").exec_run(
+                ["sh", "-c", "echo out; echo err >&2; exit 2"], demux=True
+            )
+            assert result.exit_code == 2 and result.output == (b"out\n", b"err\n")
+            response = client.api.post(
+                client.api._url("/exec/nonexistent/start"), json={"Detach": True}
+            )
+            assert response.status_code == 404
+            assert response.json() == {"message": "No such exec instance: nonexistent"}
+        finally:
+            client.close()
+    finally:
+        daemon.docker("rm", "-f", "host")
+    stopped = daemon.docker("create", "--name", "idle", "busybox", "true").stdout.strip()
+    try:
+        refused = daemon.docker("exec", "idle", "true", check=False)
+        assert refused.returncode != 0 and f"Container {stopped} is not running" in refused.stderr
+    finally:
+        daemon.docker("rm", "idle")

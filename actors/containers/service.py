@@ -101,6 +101,9 @@ class ContainersService:
         self._changed = trio.Event()  # set on every state change (waiters re-check)
         self._nursery: trio.Nursery | None = None
         self._loaded = False
+        from actors.containers.execs import ExecStore
+
+        self.execs = ExecStore(self)
 
     # -- the actor -------------------------------------------------------------
 

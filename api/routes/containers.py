@@ -18,12 +18,13 @@ from api.http import (
     query_int,
     read_json,
 )
-from kernel.errors import InvalidParameter
+from kernel.errors import DaemonError, InvalidParameter
 
 if TYPE_CHECKING:
     from actors.containers.service import ContainersService
 
 router = Blueprint("containers", __name__)
+
 
 PS_FILTERS = {"ancestor", "before", "expose", "exited", "health", "id", "isolation", "is-task",
               "label", "name", "network", "publish", "since", "status", "volume"}  # fmt: skip
@@ -225,3 +226,45 @@ async def attach(name: str) -> Response:
 
     await attach(await containers(), name, options, take)
     return Response(b"", status=200)  # dropped: the connection was hijacked
+
+
+@router.route("/containers/<name>/exec", methods=["POST"])
+async def exec_create(name: str) -> Response:
+    body = await read_json(dict[str, Any], allow_empty=False)
+    return json_response({"Id": (await containers()).execs.create(name, body)}, status=201)
+
+
+@router.route("/exec/<exec_id>/start", methods=["POST"])
+async def exec_start(exec_id: str) -> Response:
+    service = await containers()
+    body = await read_json(dict[str, Any])
+    record = service.execs.get(exec_id)  # unknown → 404 before any hijack
+    if body.get("Detach"):
+        await service.execs.start(record, None)
+        return Response(b"", status=200)
+    hijack = request.scope["extensions"]["docker.hijack"]["take"]
+    content_type = (
+        "application/vnd.docker.raw-stream"
+        if record.tty
+        else "application/vnd.docker.multiplexed-stream"
+    )
+    stream = await hijack(
+        content_type=content_type, headers=request.scope.get("docker.headers", [])
+    )
+    async with stream:
+        try:
+            await service.execs.start(record, stream)
+        except DaemonError as exc:  # after the 101 an error can only go into the stream
+            await stream.send_all(exc.message.encode() + b"\r\n")
+    return Response(b"", status=200)  # dropped: the connection was hijacked
+
+
+@router.route("/exec/<exec_id>/json", methods=["GET"])
+async def exec_inspect(exec_id: str) -> Response:
+    return json_response((await containers()).execs.get(exec_id).inspect())
+
+
+@router.route("/exec/<exec_id>/resize", methods=["POST"])
+async def exec_resize(exec_id: str) -> Response:
+    await (await containers()).execs.resize(exec_id, query_int("h", 0), query_int("w", 0))
+    return Response(b"", status=200)
