@@ -16,6 +16,7 @@ from config.flags import ConfigError, Options
 from config.model import DEFAULT_UNIX_SOCKET, KEYS, DaemonConfig
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")  # containerd's identifier rule
 
 # What a SIGHUP applies without a restart (the rest is reported as needing one).
 RELOADABLE = frozenset(
@@ -138,6 +139,11 @@ def _validate(cfg: DaemonConfig) -> DaemonConfig:
     for label in cfg.labels:
         if "=" not in label or label.startswith("="):
             raise ConfigError(f"bad attribute format: {label}")
+    if not _NAMESPACE.fullmatch(cfg.containerd_namespace):
+        raise ConfigError(
+            f"invalid containerd namespace {cfg.containerd_namespace!r}: it must match "
+            f"{_NAMESPACE.pattern}"
+        )
     if cfg.mtu < 0:
         raise ConfigError(f"invalid default MTU: {cfg.mtu}")
     if cfg.shutdown_timeout < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -62,6 +63,7 @@ class Daemon:
             self.write_config(config)
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.namespace = f"pydtest-{secrets.token_hex(6)}"
         # Interpreter arguments before `-m kernel.main` (a launcher script, say).
         self.command_prefix: list[str] = []
 
@@ -78,7 +80,7 @@ class Daemon:
             "--exec-root", str(self.exec_root),
             "--pidfile", str(self.pidfile),
             "--config-file", str(self.config_file),
-            "--containerd-namespace", f"pydtest-{self.root.name}",
+            "--containerd-namespace", self.namespace,
             "--iptables=false",
             "--ip-masq=false",
         ]  # fmt: skip

@@ -66,6 +66,8 @@ def test_unknown_keys_and_types(tmp_path: Path) -> None:
         load(tmp_path, {"max-concurrent-downloads": -1})
     with pytest.raises(config.ConfigError, match="bad attribute format: nolabel"):
         load(tmp_path, {"labels": ["nolabel"]})
+    with pytest.raises(config.ConfigError, match="invalid containerd namespace"):
+        load(tmp_path, {}, "--containerd-namespace", "bad_")
     with pytest.raises(config.ConfigError, match="invalid log level"):
         load(tmp_path, None, "--log-level", "loud")
     with pytest.raises(config.ConfigError):

@@ -320,3 +320,73 @@ def test_exec(daemon: Daemon) -> None:
         assert refused.returncode != 0 and f"Container {stopped} is not running" in refused.stderr
     finally:
         daemon.docker("rm", "idle")
+
+
+def test_restart_policy_on_failure(daemon: Daemon) -> None:
+    run = daemon.docker(
+        "run", "--restart", "on-failure:3", "--name", "flaky", "busybox", "false", check=False
+    )
+    assert run.returncode == 1
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            state = json.loads(daemon.docker("inspect", "flaky").stdout)[0]
+            if state["RestartCount"] == 3 and state["State"]["Status"] == "exited":
+                break
+            time.sleep(0.2)
+        assert (state["RestartCount"], state["State"]["Status"]) == (3, "exited")
+        time.sleep(1)  # and no fourth restart
+        assert json.loads(daemon.docker("inspect", "flaky").stdout)[0]["RestartCount"] == 3
+    finally:
+        daemon.docker("rm", "-f", "flaky")
+
+
+def test_live_restore_across_kill_9(tmp_path: Path) -> None:
+    """With --live-restore a container outlives a killed daemon, and keeps its output."""
+    archive = busybox_archive(tmp_path / "busybox.tar")
+    with running_daemon("--live-restore") as d:
+        try:
+            d.docker("load", "-i", str(archive))
+            d.docker("run", "-d", "--name", "keeper", "busybox", "sh", "-c",
+                     "echo before; sleep 2; echo during; exec sleep 300")  # fmt: skip
+            pid = json.loads(d.docker("inspect", "keeper").stdout)[0]["State"]["Pid"]
+            assert d.proc is not None
+            d.proc.kill()  # kill -9: no shutdown at all
+            d.proc.wait()
+            time.sleep(3)  # "during" is written while no daemon runs
+            d.start()
+            state = json.loads(d.docker("inspect", "keeper").stdout)[0]["State"]
+            assert state["Running"] and state["Pid"] == pid
+            deadline = time.monotonic() + 10
+            while "during" not in d.docker("logs", "keeper").stdout and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert d.docker("logs", "keeper").stdout == "before\nduring\n"
+            assert d.docker("exec", "keeper", "echo", "alive").stdout == "alive\n"
+            d.docker("stop", "-t", "1", "keeper")
+            assert not Path(f"/proc/{pid}").exists()
+        finally:
+            d.docker("rm", "-f", "keeper", check=False)
+
+
+def test_restart_always_comes_back_after_daemon_restart(tmp_path: Path) -> None:
+    archive = busybox_archive(tmp_path / "busybox.tar")
+    with running_daemon("--shutdown-timeout", "1") as d:
+        try:
+            d.docker("load", "-i", str(archive))
+            d.docker(
+                "run", "-d", "--name", "always", "--restart", "always", "busybox", "sleep", "300"
+            )
+            d.docker("run", "-d", "--name", "unless", "--restart", "unless-stopped",
+                     "busybox", "sleep", "300")  # fmt: skip
+            d.docker("stop", "-t", "0", "unless")  # stopped by the user: stays down
+            assert d.stop() == 0  # shutdown stops "always", but not as a user stop
+            d.start()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                running = d.docker("ps", "--format", "{{.Names}}").stdout.split()
+                if running == ["always"]:
+                    break
+                time.sleep(0.2)
+            assert running == ["always"]
+        finally:
+            d.docker("rm", "-f", "always", "unless", check=False)

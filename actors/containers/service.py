@@ -40,6 +40,7 @@ from kernel.fsutil import atomic_write
 log = logging.getLogger("pydockerd.containers")
 
 DEFAULT_STOP_TIMEOUT = 10
+RESTART_BACKOFF = 0.1
 MIN_MEMORY = 6 * 1024 * 1024
 
 
@@ -98,6 +99,9 @@ class ContainersService:
         self._runtime: dict[str, Runtime] = {}
         self._hubs: dict[str, OutputHub] = {}  # attach may subscribe before the start
         self._exits: dict[str, int] = {}  # exits seen per container, for `wait`
+        self._backoff: dict[str, float] = {}  # the next restart delay per container
+        self._stopping = False
+        self._policies_applied = False
         self._changed = trio.Event()  # set on every state change (waiters re-check)
         self._nursery: trio.Nursery | None = None
         self._loaded = False
@@ -117,8 +121,12 @@ class ContainersService:
             subscribed = trio.Event()
             nursery.start_soon(self._monitor, subscribed)
             await subscribed.wait()
+            # The bridge connected before we subscribed: reconcile once now (restore:
+            # reattach running tasks, find exits we missed, apply restart policies).
+            nursery.start_soon(self._reconcile)
             task_status.started(self)
             await stopping.wait()
+            self._stopping = True
             if not self.live_restore():
                 with trio.move_on_after(self.shutdown_timeout() + 5):
                     await self._stop_all()
@@ -133,7 +141,7 @@ class ContainersService:
             timeout = container.Config.get("StopTimeout")
             timeout = DEFAULT_STOP_TIMEOUT if timeout is None else timeout
             try:
-                await self.stop(container.Id, min(timeout, limit))
+                await self.stop(container.Id, min(timeout, limit), manual=False)
             except Exception as exc:
                 log.warning("stopping %s at shutdown: %s", container.short_id, exc)
 
@@ -177,13 +185,17 @@ class ContainersService:
             if not container.State.Running:
                 continue
             task = tasks.get(container.Id)
-            if task is None:
+            if task is None:  # it exited while nobody watched (dockerd reports 255)
                 async with self._lock(container.Id):
                     self._finish_exit(container, 255, "")
+                self._spawn(self._after_exit, container)
             elif task.status == TaskStatus.STOPPED:
                 self._spawn(self._handle_exit, container.Id)
             elif container.Id not in self._runtime:
                 self._reattach(container, task.status == TaskStatus.PAUSED)
+        if not self._policies_applied:
+            self._policies_applied = True
+            await self._start_by_policy()
 
     def _reattach(self, container: Container, paused: bool) -> None:
         """A task that outlived us (daemon restart): reopen its FIFOs and go on logging."""
@@ -491,6 +503,65 @@ class ContainersService:
                 await self.remove(container.Id, force=True, volumes=True)
             except Exception as exc:
                 log.error("auto-removing %s: %s", container.short_id, exc)
+            return
+        await self._maybe_restart(container)
+
+    # -- restart policies (the restart manager) -----------------------------------------
+
+    def _should_restart(self, container: Container, *, daemon_start: bool = False) -> bool:
+        if self._stopping or container.RemovalInProgress or container.State.Running:
+            return False
+        policy = container.HostConfig.get("RestartPolicy") or {}
+        name = policy.get("Name") or "no"
+        if name == "always":
+            return daemon_start or not container.HasBeenManuallyStopped
+        if name == "unless-stopped":
+            return not container.HasBeenManuallyStopped
+        if name == "on-failure" and not daemon_start and not container.HasBeenManuallyStopped:
+            limit = policy.get("MaximumRetryCount") or 0
+            return container.State.ExitCode != 0 and (limit == 0 or container.RestartCount < limit)
+        return False
+
+    async def _maybe_restart(self, container: Container) -> None:
+        """dockerd's back-off: 100 ms doubling, back to 100 ms after 10 s of running."""
+        if not self._should_restart(container):
+            self._backoff.pop(container.Id, None)
+            return
+        ran = _seconds_between(container.State.StartedAt, container.State.FinishedAt)
+        delay = (
+            RESTART_BACKOFF
+            if ran >= 10
+            else min(self._backoff.get(container.Id, RESTART_BACKOFF / 2) * 2, 60.0)
+        )
+        self._backoff[container.Id] = delay
+        container.State.Restarting, container.State.Status = True, "restarting"
+        self.store.save(container)
+        await trio.sleep(delay)
+        async with self._lock(container.Id):
+            container.State.Restarting = False
+            if not self._should_restart(container):
+                container.State.Status = "exited"
+                self.store.save(container)
+                return
+            container.RestartCount += 1
+            try:
+                await self._start_locked(container)
+            except Exception as exc:
+                log.error("restarting %s: %s", container.short_id, exc)
+                container.State.Status = "exited"
+                self.store.save(container)
+                return
+        self._publish(container, "restart")
+
+    async def _start_by_policy(self) -> None:
+        """At daemon start: bring back the containers whose policy says they should run."""
+        for container in self.store:
+            if self._should_restart(container, daemon_start=True):
+                try:
+                    async with self._lock(container.Id):
+                        await self._start_locked(container)
+                except Exception as exc:
+                    log.error("starting %s by its restart policy: %s", container.short_id, exc)
 
     # -- stop, kill, wait ---------------------------------------------------------
 
@@ -503,12 +574,17 @@ class ContainersService:
         await client.kill(container.Id, signum)
         self._publish(container, "kill", {"signal": str(signum)})
 
-    async def stop(self, ref: str, stop_timeout: int | None, signal: str = "") -> None:
+    async def stop(
+        self, ref: str, stop_timeout: int | None, signal: str = "", *, manual: bool = True
+    ) -> None:
         container = self.store.get(ref)
         if not container.State.Running:
+            if container.State.Restarting:  # cancels the pending restart
+                container.HasBeenManuallyStopped = manual
+                return
             raise NotModified("container already stopped")
         runtime = self._runtime.get(container.Id)
-        container.HasBeenManuallyStopped = True
+        container.HasBeenManuallyStopped = manual
         signum = parse_signal(signal or container.Config.get("StopSignal") or "TERM")
         timeout = stop_timeout
         if timeout is None:
@@ -922,3 +998,12 @@ def parse_signal(text: str) -> int:
     if name not in _SIGNALS:
         raise InvalidParameter(f"Invalid signal: {text}")
     return _SIGNALS[name]
+
+
+def _seconds_between(start: str, end: str) -> float:
+    from actors.containers.logfile import parse_timestamp
+
+    try:
+        return (parse_timestamp(end) - parse_timestamp(start)) / 1e9
+    except ValueError:
+        return 0.0
