@@ -64,6 +64,18 @@ def query_int(name: str, default: int) -> int:
         raise InvalidParameter(f"invalid value for {name}: {value!r}") from None
 
 
+def query_timestamp(name: str) -> int | None:
+    """`since`/`until` as the CLI sends them: unix seconds with optional .nanoseconds."""
+    raw = request.args.get(name)
+    if not raw:
+        return None
+    seconds, _, fraction = raw.partition(".")
+    try:
+        return int(seconds) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
+    except ValueError:
+        raise InvalidParameter(f"invalid value for {name}: {raw!r}") from None
+
+
 def parse_filters(raw: str | None) -> dict[str, list[str]]:
     """Both filter encodings dockerd accepts: {"k":{"v":true}} and the legacy {"k":["v"]}."""
     if not raw:

@@ -1,8 +1,11 @@
-"""Atomic file writes: a reader or a crash sees the old content or the new, never half."""
+"""Crash-safe metadata writes: a reader, or a restart after a crash, sees the old state or
+the new one, never half of either (temp file, fsync, rename, fsync the directory)."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 from pathlib import Path
 
 
@@ -14,10 +17,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write to a temp file beside `path`, fsync it, rename over `path`, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+def _write_synced(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         view = memoryview(data)
         while view:
@@ -25,5 +26,44 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Temp file beside `path` (unique per call: threads write concurrently), fsync,
+    rename over `path`, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        _write_synced(tmp, data, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
+
+
+def write_dir(staging_root: Path, final: Path, files: dict[str, bytes]) -> None:
+    """Create directory `final` holding `files`, all at once: the files are written and
+    synced in a staging directory that is then renamed into place."""
+    staging = staging_root / f"{final.name}.{secrets.token_hex(6)}"
+    staging.mkdir(mode=0o700)
+    try:
+        for name, data in files.items():
+            _write_synced(staging / name, data, 0o644)
+        fsync_dir(staging)
+        staging.chmod(0o755)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_dir(final.parent)
+
+
+def remove_dir(trash_root: Path, path: Path) -> None:
+    """Remove a metadata directory at once (rename into the trash), then its files."""
+    doomed = trash_root / f"rm-{path.name}.{secrets.token_hex(6)}"
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    fsync_dir(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)

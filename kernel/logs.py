@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
+
+from kernel.clock import rfc3339
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -26,8 +27,7 @@ ROOT = "pydockerd"
 
 
 def _timestamp(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.created % 1 * 1e9):09d}Z"
+    return rfc3339(int(record.created * 1e9))
 
 
 class TextFormatter(logging.Formatter):

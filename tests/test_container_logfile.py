@@ -10,11 +10,10 @@ from actors.containers.logfile import (
     LogWriter,
     log_files,
     parse_size,
-    parse_timestamp,
     read_entries,
     read_from,
-    timestamp,
 )
+from kernel.clock import parse_time, rfc3339
 
 
 def test_lines_and_partials(tmp_path: Path) -> None:
@@ -65,5 +64,5 @@ def test_time_window(tmp_path: Path) -> None:
 
 def test_timestamp_round_trip() -> None:
     now = time.time_ns()
-    assert parse_timestamp(timestamp(now)) == now
+    assert parse_time(rfc3339(now)) == now
     assert parse_size("10m") == 10 * 1024 * 1024

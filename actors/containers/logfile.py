@@ -12,6 +12,8 @@ from pathlib import Path
 
 import msgspec
 
+from kernel.clock import parse_time, rfc3339
+
 MAX_PARTIAL = 16 * 1024  # dockerd splits lines longer than its 16 KiB buffer
 
 
@@ -46,21 +48,6 @@ def parse_size(text: str) -> int:
     return int(float(digits) * _UNITS[unit])
 
 
-def timestamp(ns: int) -> str:
-    """RFC 3339 with nanoseconds, as dockerd writes them."""
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000))
-    return f"{seconds}.{ns % 1_000_000_000:09d}Z"
-
-
-def parse_timestamp(text: str) -> int:
-    """Inverse of `timestamp` (also accepts fewer fraction digits)."""
-    main, _, rest = text.partition(".")
-    fraction = rest.rstrip("Z")
-    base = time.strptime(main.rstrip("Z"), "%Y-%m-%dT%H:%M:%S")
-    seconds = int(time.mktime(base)) - time.timezone
-    return seconds * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
-
-
 @dataclass
 class LogWriter:
     path: Path
@@ -92,7 +79,7 @@ class LogWriter:
             self._append(b"".join(pending))
 
     def _entry(self, stream: str, payload: bytes) -> bytes:
-        entry = LogEntry(payload.decode("utf-8", "replace"), stream, timestamp(time.time_ns()))
+        entry = LogEntry(payload.decode("utf-8", "replace"), stream, rfc3339(time.time_ns()))
         return _encoder.encode(entry) + b"\n"
 
     def _append(self, data: bytes) -> None:
@@ -158,7 +145,7 @@ def _parse(data: bytes) -> Iterator[LogEntry]:
 def _in_window(entry: LogEntry, since_ns: int, until_ns: int) -> bool:
     if not since_ns and not until_ns:
         return True
-    ns = parse_timestamp(entry.time)
+    ns = parse_time(entry.time) or 0
     return (not since_ns or ns >= since_ns) and (not until_ns or ns <= until_ns)
 
 

@@ -12,13 +12,9 @@ from typing import Any
 
 import msgspec
 
+from kernel.clock import now_rfc3339, unix_seconds
+
 ZERO_TIME = "0001-01-01T00:00:00Z"
-
-
-def now_rfc3339() -> str:
-    ns = time.time_ns()
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000))
-    return f"{seconds}.{ns % 1_000_000_000:09d}Z"
 
 
 class State(msgspec.Struct, kw_only=True):
@@ -111,7 +107,7 @@ class Container(msgspec.Struct, kw_only=True):
             "Image": self.image_name(),
             "ImageID": self.Image,
             "Command": command,
-            "Created": _unix(self.Created),
+            "Created": unix_seconds(self.Created),
             "Ports": ports,
             "Labels": self.Config.get("Labels") or {},
             "State": self.State.Status,
@@ -120,11 +116,6 @@ class Container(msgspec.Struct, kw_only=True):
             "NetworkSettings": {"Networks": self.NetworkSettings.get("Networks") or {}},
             "Mounts": self.Mounts,
         }
-
-
-def _unix(rfc3339: str) -> int:
-    base = rfc3339.split(".")[0].rstrip("Z")
-    return int(time.mktime(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))) - time.timezone
 
 
 def human_duration(seconds: float) -> str:
@@ -158,15 +149,18 @@ def human_duration(seconds: float) -> str:
 def status_text(state: State) -> str:
     """The human `Status` column of docker ps (moby container/state.go String)."""
     now = time.time()
+
+    def since(rfc3339: str) -> str:
+        return human_duration(now - unix_seconds(rfc3339))
+
+    if state.Restarting:
+        return f"Restarting ({state.ExitCode}) {since(state.FinishedAt)} ago"
     if state.Running:
-        age = human_duration(now - _unix(state.StartedAt))
-        if state.Paused:
-            return f"Up {age} (Paused)"
-        if state.Restarting:
-            return (
-                f"Restarting ({state.ExitCode}) {human_duration(now - _unix(state.FinishedAt))} ago"
-            )
-        return f"Up {age}"
+        return (
+            f"Up {since(state.StartedAt)} (Paused)"
+            if state.Paused
+            else f"Up {since(state.StartedAt)}"
+        )
     if state.Status == "removing":
         return "Removal In Progress"
     if state.Dead:
@@ -175,4 +169,4 @@ def status_text(state: State) -> str:
         return "Created"
     if state.FinishedAt == ZERO_TIME:
         return ""
-    return f"Exited ({state.ExitCode}) {human_duration(now - _unix(state.FinishedAt))} ago"
+    return f"Exited ({state.ExitCode}) {since(state.FinishedAt)} ago"

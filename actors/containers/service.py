@@ -28,12 +28,13 @@ from actors.containerd.errors import NotFound as TaskNotFound
 from actors.containerd.model import TaskExit, TaskOOM, TaskStatus
 from actors.containers import oci
 from actors.containers.logfile import LogWriter, parse_size
-from actors.containers.model import Container, State, now_rfc3339
+from actors.containers.model import Container, State
 from actors.containers.spec import build_spec
 from actors.containers.stdio import FifoSet, ProcessIO
 from actors.containers.store import ContainerStore
 from actors.containers.streams import OutputHub
 from actors.events import EventsService
+from kernel.clock import now_rfc3339, parse_time
 from kernel.errors import Conflict, InvalidParameter, NotModified, Unavailable
 from kernel.fsutil import atomic_write
 
@@ -1001,9 +1002,4 @@ def parse_signal(text: str) -> int:
 
 
 def _seconds_between(start: str, end: str) -> float:
-    from actors.containers.logfile import parse_timestamp
-
-    try:
-        return (parse_timestamp(end) - parse_timestamp(start)) / 1e9
-    except ValueError:
-        return 0.0
+    return ((parse_time(end) or 0) - (parse_time(start) or 0)) / 1e9

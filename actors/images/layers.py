@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from actors.images.disk import fsync_dir, remove_dir, write_dir
 from actors.images.graphdriver import GraphDriver, Mount
 from actors.images.tarstream import decode_records, encode_records, regenerate
 from kernel.errors import Conflict, InvalidParameter, NotFound
+from kernel.fsutil import fsync_dir, remove_dir, write_dir
 
 log = logging.getLogger("pydockerd.images")
 

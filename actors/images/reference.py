@@ -10,8 +10,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.images.disk import atomic_write
 from kernel.errors import Conflict, InvalidParameter, NotFound
+from kernel.fsutil import atomic_write
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"

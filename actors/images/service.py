@@ -15,8 +15,9 @@ from actors.images import tarexport
 from actors.images.changes import apply_changes
 from actors.images.graphdriver import GraphDriver, Mount, choose
 from actors.images.reference import Reference, repo_tag
-from actors.images.store import Image, Images, parse_time
+from actors.images.store import Image, Images
 from actors.images.tarexport import SaveTarget
+from kernel.clock import unix_seconds
 from kernel.errors import NotFound
 from kernel.threadpipe import run_with_input
 
@@ -25,11 +26,6 @@ log = logging.getLogger("pydockerd.images")
 # image ID -> [(container ID, running)], from the containers actor
 ContainerUsage = Callable[[], Mapping[str, Sequence[tuple[str, bool]]]]
 GOARCH = tarexport.GOARCH
-
-
-def _unix(rfc3339: str) -> int:
-    ns = parse_time(rfc3339 or "")
-    return ns // 1_000_000_000 if ns else 0
 
 
 class ImagesService:
@@ -160,7 +156,7 @@ class ImagesService:
             "ParentId": self.images.parent(image.id) or "",
             "RepoTags": [r.familiar() for r in refs if r.tag],
             "RepoDigests": [r.familiar() for r in refs if r.digest],
-            "Created": _unix(image.config.get("created", "")),
+            "Created": unix_seconds(image.config.get("created", "")),
             "Size": self.size(image) if size is None else size,
             "SharedSize": -1,
             "Labels": image.labels,

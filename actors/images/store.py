@@ -11,7 +11,6 @@ Synchronous and thread-safe; the images actor calls it from worker threads.
 
 from __future__ import annotations
 
-import calendar
 import hashlib
 import json
 import logging
@@ -24,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.images.disk import atomic_write, remove_dir
 from actors.images.graphdriver import GraphDriver
 from actors.images.layers import Layer, LayerStore, chain_ids
 from actors.images.reference import (
@@ -33,7 +31,9 @@ from actors.images.reference import (
     parse_any,
     parse_named,
 )
+from kernel.clock import parse_time, rfc3339_nano
 from kernel.errors import Conflict, InvalidParameter, NotFound
+from kernel.fsutil import atomic_write, remove_dir
 
 log = logging.getLogger("pydockerd.images")
 
@@ -43,33 +43,6 @@ ContainerUsage = Callable[[str], Sequence[tuple[str, bool]]]
 
 def short_id(image_id: str) -> str:
     return image_id.partition(":")[2][:12] if ":" in image_id else image_id[:12]
-
-
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?"
-    r"(?:([Zz])|([+-])(\d\d):(\d\d))?"
-)
-
-
-def parse_time(text: str) -> int | None:
-    """RFC 3339 (any fraction, `Z` or offset) -> nanoseconds since the epoch."""
-    match = _RFC3339.fullmatch(text.strip())
-    if match is None:
-        return None
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-    if match[9]:
-        offset = int(match[10]) * 3600 + int(match[11]) * 60
-        seconds -= offset if match[9] == "+" else -offset
-    fraction = (match[7] or "0")[:9].ljust(9, "0")
-    return seconds * 1_000_000_000 + int(fraction)
-
-
-def format_time(ns: int) -> str:
-    """RFC 3339 with nanoseconds, trailing zeros trimmed (Go's RFC3339Nano), UTC."""
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000))
-    fraction = f"{ns % 1_000_000_000:09d}".rstrip("0")
-    return f"{seconds}.{fraction}Z" if fraction else f"{seconds}Z"
 
 
 @dataclass(frozen=True)
@@ -236,7 +209,9 @@ class ImageStore:
     def set_last_updated(self, image_id: str) -> None:
         with self._lock:
             self.get(image_id)
-            atomic_write(self._meta(image_id) / "lastUpdated", format_time(time.time_ns()).encode())
+            atomic_write(
+                self._meta(image_id) / "lastUpdated", rfc3339_nano(time.time_ns()).encode()
+            )
 
     def last_updated(self, image_id: str) -> str:
         try:

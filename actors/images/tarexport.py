@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, cast
 from actors.images.changes import apply_changes
 from actors.images.layers import Layer, chain_id
 from actors.images.reference import Reference, parse_any, parse_named
-from actors.images.store import Image, Images, format_time, short_id, validate_config
+from actors.images.store import Image, Images, short_id, validate_config
 from actors.images.tarstream import (
     BLOCK,
     CHUNK,
@@ -39,6 +39,7 @@ from actors.images.tarstream import (
     extract,
     scoped_path,
 )
+from kernel.clock import rfc3339_nano
 from kernel.errors import InvalidParameter, NotFound
 
 GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
@@ -505,7 +506,7 @@ def import_image(
     except _DECODE_ERRORS as exc:
         raise ArchiveError(f"invalid tar: {exc}") from None
     try:
-        created = format_time(time.time_ns())
+        created = rfc3339_nano(time.time_ns())
         comment = message or f"Imported from {source_name}"
         document = {
             "comment": comment,

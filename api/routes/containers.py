@@ -16,6 +16,7 @@ from api.http import (
     parse_filters,
     query_bool,
     query_int,
+    query_timestamp,
     read_json,
 )
 from kernel.errors import DaemonError, InvalidParameter
@@ -42,18 +43,6 @@ def _optional_int(name: str) -> int | None:
         return int(value)
     except ValueError:
         raise InvalidParameter(f"invalid value for {name}: {value!r}") from None
-
-
-def _timestamp(name: str) -> int:
-    """since/until: unix seconds with optional fraction (the CLI converts durations)."""
-    raw = request.args.get(name, "")
-    if not raw:
-        return 0
-    seconds, _, fraction = raw.partition(".")
-    try:
-        return int(seconds) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
-    except ValueError:
-        raise InvalidParameter(f"invalid value for {name}: {raw!r}") from None
 
 
 @router.route("/containers/create", methods=["POST"])
@@ -194,8 +183,8 @@ async def logs(name: str) -> Response:
         stderr=query_bool("stderr"),
         follow=query_bool("follow"),
         tail=tail,
-        since_ns=_timestamp("since"),
-        until_ns=_timestamp("until"),
+        since_ns=query_timestamp("since") or 0,
+        until_ns=query_timestamp("until") or 0,
         timestamps=query_bool("timestamps"),
     )
     tty = service.store.get(name).tty

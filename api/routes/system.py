@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,9 +12,10 @@ from quart import Blueprint, Response, request
 
 from api.context import ctx
 from api.hostinfo import host_facts
-from api.http import check_filter_keys, json_response, parse_filters
+from api.http import check_filter_keys, json_response, parse_filters, query_timestamp
 from api.versioning import API_VERSION, MIN_API_VERSION
 from kernel import VERSION
+from kernel.clock import now_rfc3339
 from kernel.errors import InvalidParameter
 
 router = Blueprint("system", __name__)
@@ -107,7 +107,7 @@ async def info() -> Response:
         "Debug": cfg.debug,
         "NFd": _open_fds(),
         "NGoroutines": 0,
-        "SystemTime": _rfc3339_now(),
+        "SystemTime": now_rfc3339(),
         "LoggingDriver": "json-file",
         "CgroupDriver": "cgroupfs",
         "CgroupVersion": facts.cgroup_version,
@@ -211,30 +211,12 @@ def _open_fds() -> int:
         return 0
 
 
-def _rfc3339_now() -> str:
-    now = time.time_ns()
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now // 1_000_000_000))
-    return f"{seconds}.{now % 1_000_000_000:09d}Z"
-
-
-def _parse_timestamp(name: str) -> int | None:
-    """`since`/`until` as the CLI sends them: unix seconds with an optional .nanoseconds."""
-    raw = request.args.get(name)
-    if not raw:
-        return None
-    seconds, _, fraction = raw.partition(".")
-    try:
-        return int(seconds) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
-    except ValueError:
-        raise InvalidParameter(f"invalid value for {name}: {raw!r}") from None
-
-
 @router.route("/events", methods=["GET"])
 async def events() -> Response:
     filters = parse_filters(request.args.get("filters"))
     check_filter_keys(filters, EVENT_FILTERS)
-    since = _parse_timestamp("since")
-    until = _parse_timestamp("until")
+    since = query_timestamp("since")
+    until = query_timestamp("until")
     if since is not None and until is not None and until < since:
         raise InvalidParameter("`since` time should be before `until` time")
     service = ctx().events
