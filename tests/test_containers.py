@@ -390,3 +390,27 @@ def test_restart_always_comes_back_after_daemon_restart(tmp_path: Path) -> None:
             assert running == ["always"]
         finally:
             d.docker("rm", "-f", "always", "unless", check=False)
+
+
+def test_torn_removal_comes_back_dead(tmp_path: Path) -> None:
+    archive = busybox_archive(tmp_path / "busybox.tar")
+    with running_daemon() as d:
+        d.docker("load", "-i", str(archive))
+        cid = d.docker("create", "--name", "torn", "busybox", "true").stdout.strip()
+        assert d.proc is not None
+        d.proc.kill()  # kill -9 "between the steps" of a removal, simulated below
+        d.proc.wait()
+        config = d.data_root / "containers" / cid / "config.v2.json"
+        record = json.loads(config.read_text())
+        record["RemovalInProgress"] = True
+        record["State"]["Status"] = "removing"
+        config.write_text(json.dumps(record))
+        d.start()
+        state = json.loads(d.docker("inspect", "torn").stdout)[0]["State"]
+        assert (state["Status"], state["Dead"]) == ("dead", True)
+        assert (
+            d.docker("ps", "-a", "--filter", "status=dead", "--format", "{{.Names}}").stdout
+            == "torn\n"
+        )
+        d.docker("rm", "torn")
+        assert d.docker("ps", "-aq").stdout == ""

@@ -141,6 +141,11 @@ class ContainerStore:
             except (OSError, ValueError, msgspec.ValidationError) as exc:
                 log.error("skipping container %s: cannot load it: %s", directory.name, exc)
                 continue
+            if container.RemovalInProgress:
+                # A removal cut short (crash, kill -9): dockerd marks such a container dead.
+                container.RemovalInProgress = False
+                container.State.Dead, container.State.Running = True, False
+                container.State.Status = "dead"
             self._by_id[container.Id] = container
             self._by_name[container.Name] = container.Id
             self._summaries[container.Id] = container.summary()
