@@ -414,3 +414,14 @@ def test_torn_removal_comes_back_dead(tmp_path: Path) -> None:
         )
         d.docker("rm", "torn")
         assert d.docker("ps", "-aq").stdout == ""
+
+
+def test_system_df(daemon: Daemon) -> None:
+    daemon.docker("create", "--name", "df-user", "busybox", "true")
+    try:
+        usage = daemon.docker("system", "df", "--format", "{{.Type}} {{.TotalCount}} {{.Active}}")
+        rows = dict(line.split(" ", 1) for line in usage.stdout.splitlines())
+        assert rows["Images"] == "1 1"
+        assert rows["Containers"].split()[0] == "1"
+    finally:
+        daemon.docker("rm", "df-user")
