@@ -27,6 +27,10 @@ def create_app(context: ApiContext, settings: ApiSettings) -> QuartTrio:
 
     for module in (system, images, containers):
         app.register_blueprint(module.router)
+    if settings.debug:  # a reload that turns debug on or off swaps this in or out
+        from api.routes import debug
+
+        app.register_blueprint(debug.router)
     _install_middlewares(app, context, settings)
     _install_error_handlers(app)
     return app

@@ -315,3 +315,18 @@ def test_unknown_flag_and_bad_host() -> None:
     assert result.returncode != 0
     result = run_pydockerd("-H", "bogus://x", "--validate")
     assert result.returncode == 1
+
+
+def test_debug_actors_follows_reload(daemon: Daemon) -> None:
+    from tests.daemon import unix_request
+
+    def debug_actors() -> str:
+        return unix_request(str(daemon.sock), b"GET /debug/actors HTTP/1.0\r\n\r\n").decode()
+
+    assert debug_actors().startswith("HTTP/1.1 404")
+    daemon.write_config({"labels": ["stage=one"], "debug": True})
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: debug_actors().startswith("HTTP/1.1 200"))
+    tree = json.loads(debug_actors().split("\r\n\r\n", 1)[1])
+    assert {"id": "api", "state": "running", "restarts": 0, "last_error": None} in tree
+    assert [child["id"] for child in tree][:3] == ["signals", "events", "api"]
