@@ -67,6 +67,13 @@ class Daemon:
         # Interpreter arguments before `-m kernel.main` (a launcher script, say).
         self.command_prefix: list[str] = []
 
+    def file_config(self) -> dict[str, Any]:
+        try:
+            loaded = json.loads(self.config_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+
     def write_config(self, config: dict[str, Any] | str) -> None:
         text = config if isinstance(config, str) else json.dumps(config)
         self.config_file.write_text(text)
@@ -84,7 +91,8 @@ class Daemon:
             "--iptables=false",
             "--ip-masq=false",
         ]  # fmt: skip
-        if not any(a in ("-H", "--host") or a.startswith("--host=") for a in self.args):
+        hosts_given = any(a in ("-H", "--host") or a.startswith("--host=") for a in self.args)
+        if not hosts_given and "hosts" not in self.file_config():
             args += ["-H", self.host]
         return args + self.args + list(extra)
 

@@ -330,3 +330,31 @@ def test_debug_actors_follows_reload(daemon: Daemon) -> None:
     tree = json.loads(debug_actors().split("\r\n\r\n", 1)[1])
     assert {"id": "api", "state": "running", "restarts": 0, "last_error": None} in tree
     assert [child["id"] for child in tree][:3] == ["signals", "events", "api"]
+
+
+def test_reload_adds_a_tcp_host_and_refuses_bad_tls() -> None:
+    root = short_tempdir()
+    unix = f"unix://{root}/d.sock"
+    port = free_port()
+    tcp = f"tcp://127.0.0.1:{port}"
+    with running_daemon(config={"hosts": [unix]}, root=root) as d:
+        client = d.client()
+        events = client.events(decode=True, filters={"type": "daemon"})
+        try:
+            d.write_config({"hosts": [unix, tcp]})
+            d.signal(signal.SIGHUP)
+            assert next(events)["Action"] == "reload"  # the unix stream stayed open
+            over_tcp = d.docker("-H", tcp, "version", "--format", "{{.Server.APIVersion}}")
+            assert over_tcp.stdout.strip() == "1.47"
+            d.write_config({"hosts": [unix, tcp], "tlsverify": True, "tlscacert": "/nonexistent",
+                            "tlscert": "/nonexistent", "tlskey": "/nonexistent"})  # fmt: skip
+            d.signal(signal.SIGHUP)
+            wait_for(lambda: "could not load TLS certificates" in d.log())
+            assert d.docker("-H", tcp, "version").returncode == 0  # still plain TCP
+            d.write_config({"hosts": [unix]})
+            d.signal(signal.SIGHUP)
+            assert next(events)["Action"] == "reload"
+            assert d.docker("-H", tcp, "version", check=False, timeout=10).returncode != 0
+        finally:
+            events.close()
+            client.close()
