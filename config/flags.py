@@ -1,88 +1,97 @@
-"""dockerd's command-line flags; only the ones the user set count in the merge."""
+"""dockerd's command-line flags; only the ones the user set take part in the merge."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-from config.model import DEFAULT_CONFIG_FILE
+import msgspec
+
+from config.model import DEFAULT_CONFIG_FILE, ConfigError
+from config.validate import go_int, parse_ulimit
 
 
-class ConfigError(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class Options:
+class Options(msgspec.Struct, frozen=True, kw_only=True):
     """What the command line said: the set flags by daemon.json key, and the file to read."""
 
-    flags: dict[str, Any] = field(default_factory=dict)
+    flags: dict[str, Any] = {}
     config_file: str = DEFAULT_CONFIG_FILE
     config_file_given: bool = False
     version: bool = False
     validate: bool = False
 
 
-def _go_bool(text: str) -> bool:
-    """Go's strconv.ParseBool, as `--iptables=false` needs."""
-    lowered = text.lower()
-    if lowered in ("1", "t", "true"):
+class Flag(NamedTuple):
+    name: str  # the long flag, without dashes
+    key: str  # its daemon.json key
+    short: str | None
+    kind: str  # bool | str | int | list | ulimit
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("host", "hosts", "-H", "list"),
+    Flag("debug", "debug", "-D", "bool"),
+    Flag("log-level", "log-level", "-l", "str"),
+    Flag("log-format", "log-format", None, "str"),
+    Flag("data-root", "data-root", None, "str"),
+    Flag("exec-root", "exec-root", None, "str"),
+    Flag("pidfile", "pidfile", "-p", "str"),
+    Flag("group", "group", "-G", "str"),
+    Flag("tls", "tls", None, "bool"),
+    Flag("tlsverify", "tlsverify", None, "bool"),
+    Flag("tlscacert", "tlscacert", None, "str"),
+    Flag("tlscert", "tlscert", None, "str"),
+    Flag("tlskey", "tlskey", None, "str"),
+    Flag("live-restore", "live-restore", None, "bool"),
+    Flag("storage-driver", "storage-driver", "-s", "str"),
+    Flag("label", "labels", None, "list"),
+    Flag("api-cors-header", "api-cors-header", None, "str"),
+    Flag("authorization-plugin", "authorization-plugins", None, "list"),
+    Flag("max-concurrent-downloads", "max-concurrent-downloads", None, "int"),
+    Flag("max-concurrent-uploads", "max-concurrent-uploads", None, "int"),
+    Flag("insecure-registry", "insecure-registries", None, "list"),
+    Flag("registry-mirror", "registry-mirrors", None, "list"),
+    Flag("cluster-store", "cluster-store", None, "str"),
+    Flag("cluster-advertise", "cluster-advertise", None, "str"),
+    Flag("shutdown-timeout", "shutdown-timeout", None, "int"),
+    Flag("bridge", "bridge", "-b", "str"),
+    Flag("bip", "bip", None, "str"),
+    Flag("iptables", "iptables", None, "bool"),
+    Flag("ip-masq", "ip-masq", None, "bool"),
+    Flag("userland-proxy", "userland-proxy", None, "bool"),
+    Flag("default-ulimit", "default-ulimits", None, "ulimit"),
+    Flag("mtu", "mtu", None, "int"),
+    Flag("containerd", "containerd", None, "str"),
+    Flag("containerd-namespace", "containerd-namespace", None, "str"),
+)
+FLAG_BY_KEY = {f.key: f for f in FLAGS}
+
+# Go's bool flags never take the next word as their value; only `--flag=value` sets one.
+_BOOL_TOKENS = frozenset(
+    token for f in FLAGS if f.kind == "bool" for token in (f"--{f.name}", f.short) if token
+) | {"--validate", "--version", "-v"}
+
+
+def go_bool(text: str) -> bool:
+    """Go's strconv.ParseBool."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
         return True
-    if lowered in ("0", "f", "false"):
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
         return False
-    raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+    raise ConfigError(f'strconv.ParseBool: parsing "{text}": invalid syntax')
 
 
-def _ulimit(text: str) -> tuple[str, dict[str, Any]]:
-    name, sep, values = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"invalid ulimit argument: {text}")
-    soft, _, hard = values.partition(":")
-    try:
-        limits = (int(soft), int(hard or soft))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid ulimit argument: {text}") from None
-    return name, {"Name": name, "Soft": limits[0], "Hard": limits[1]}
+def _arg(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that reports our error text (argparse shows only ArgumentTypeError's)."""
 
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(f'invalid argument "{text}": {exc}') from None
 
-# flag (without dashes) -> (daemon.json key, short form, kind)
-_FLAGS: list[tuple[str, str, str | None, str]] = [
-    ("host", "hosts", "-H", "list"),
-    ("debug", "debug", "-D", "bool"),
-    ("log-level", "log-level", "-l", "str"),
-    ("log-format", "log-format", None, "str"),
-    ("data-root", "data-root", None, "str"),
-    ("exec-root", "exec-root", None, "str"),
-    ("pidfile", "pidfile", "-p", "str"),
-    ("group", "group", "-G", "str"),
-    ("tls", "tls", None, "bool"),
-    ("tlsverify", "tlsverify", None, "bool"),
-    ("tlscacert", "tlscacert", None, "str"),
-    ("tlscert", "tlscert", None, "str"),
-    ("tlskey", "tlskey", None, "str"),
-    ("live-restore", "live-restore", None, "bool"),
-    ("storage-driver", "storage-driver", "-s", "str"),
-    ("label", "labels", None, "list"),
-    ("api-cors-header", "api-cors-header", None, "str"),
-    ("authorization-plugin", "authorization-plugins", None, "list"),
-    ("max-concurrent-downloads", "max-concurrent-downloads", None, "int"),
-    ("max-concurrent-uploads", "max-concurrent-uploads", None, "int"),
-    ("insecure-registry", "insecure-registries", None, "list"),
-    ("registry-mirror", "registry-mirrors", None, "list"),
-    ("cluster-store", "cluster-store", None, "str"),
-    ("cluster-advertise", "cluster-advertise", None, "str"),
-    ("shutdown-timeout", "shutdown-timeout", None, "int"),
-    ("bridge", "bridge", "-b", "str"),
-    ("bip", "bip", None, "str"),
-    ("iptables", "iptables", None, "bool"),
-    ("ip-masq", "ip-masq", None, "bool"),
-    ("userland-proxy", "userland-proxy", None, "bool"),
-    ("default-ulimit", "default-ulimits", None, "ulimit"),
-    ("mtu", "mtu", None, "int"),
-    ("containerd", "containerd", None, "str"),
-    ("containerd-namespace", "containerd-namespace", None, "str"),
-]
+    return convert
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,40 +100,39 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pydockerd", add_help=True, argument_default=argparse.SUPPRESS)
-    for flag, key, short, kind in _FLAGS:
-        names = [f"--{flag}"] + ([short] if short else [])
-        dest = key.replace("-", "_")
-        if kind == "bool":
-            parser.add_argument(*names, dest=dest, nargs="?", const=True, type=_go_bool)
-        elif kind == "list":
-            parser.add_argument(*names, dest=dest, action="append")
-        elif kind == "int":
-            parser.add_argument(*names, dest=dest, type=int)
-        elif kind == "ulimit":
-            parser.add_argument(*names, dest=dest, action="append", type=_ulimit)
-        else:
-            parser.add_argument(*names, dest=dest)
+    # No abbreviations: pflag has none, and `--tls` must never be taken for `--tlsverify`.
+    parser = _Parser(prog="pydockerd", allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    kinds: dict[str, dict[str, Any]] = {
+        "bool": {"type": _arg(go_bool)},
+        "str": {},
+        "int": {"type": _arg(go_int)},
+        "list": {"action": "append"},
+        "ulimit": {"action": "append", "type": _arg(parse_ulimit)},
+    }
+    for flag in FLAGS:
+        names = [f"--{flag.name}"] + ([flag.short] if flag.short else [])
+        parser.add_argument(*names, dest=flag.key, **kinds[flag.kind])
     parser.add_argument("--config-file", dest="config_file")
-    parser.add_argument("-v", "--version", dest="version", action="store_true")
-    parser.add_argument("--validate", dest="validate", action="store_true")
+    parser.add_argument("-v", "--version", dest="version", type=_arg(go_bool))
+    parser.add_argument("--validate", dest="validate", type=_arg(go_bool))
     return parser
 
 
 def parse_args(argv: list[str]) -> Options:
-    namespace = vars(_parser().parse_args(argv))
-    config_file = namespace.pop("config_file", None)
-    version = bool(namespace.pop("version", False))
-    validate = bool(namespace.pop("validate", False))
-    flags: dict[str, Any] = {}
-    for _flag, key, _short, kind in _FLAGS:
-        dest = key.replace("-", "_")
-        if dest in namespace:
-            value = namespace[dest]
-            flags[key] = dict(value) if kind == "ulimit" else value
+    words = list(argv)
+    end = words.index("--") if "--" in words else len(words)
+    # A bare bool flag means true: give it its value so argparse never eats the next word.
+    words[:end] = [w + "=true" if w in _BOOL_TOKENS else w for w in words[:end]]
+    given = vars(_parser().parse_args(words))
+    config_file = given.pop("config_file", None)
+    version = given.pop("version", False)
+    validate = given.pop("validate", False)
+    flags = dict(given)
+    if "default-ulimits" in flags:  # the last value per name wins, as in dockerd's map
+        flags["default-ulimits"] = {u.name: u for u in flags["default-ulimits"]}
     return Options(
         flags=flags,
-        config_file=config_file or DEFAULT_CONFIG_FILE,
+        config_file=config_file if config_file is not None else DEFAULT_CONFIG_FILE,
         config_file_given=config_file is not None,
         version=version,
         validate=validate,

@@ -1,24 +1,17 @@
-"""daemon.json merged with the flags exactly as dockerd does, validated, and diffed on reload."""
+"""daemon.json merged with the set flags as dockerd does, validated, and diffed on reload."""
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import os
-import re
-from dataclasses import dataclass
-from pathlib import Path
+import codecs
 from typing import Any
 
 import msgspec
 
-from config.flags import ConfigError, Options
-from config.model import DEFAULT_UNIX_SOCKET, KEYS, DaemonConfig
+from config.flags import FLAG_BY_KEY, Options
+from config.model import ATTRS, TYPES, ConfigError, DaemonConfig, Ulimit
+from config.validate import resolve
 
-LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
-_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")  # containerd's identifier rule
-
-# What a SIGHUP applies without a restart (the rest is reported as needing one).
+# What a SIGHUP applies without a restart; any other changed key waits for one.
 RELOADABLE = frozenset(
     {
         "debug", "log-level", "labels", "live-restore", "max-concurrent-downloads",
@@ -27,156 +20,171 @@ RELOADABLE = frozenset(
         "cluster-advertise", "tlscacert", "tlscert", "tlskey", "hosts", "features",
     }
 )  # fmt: skip
+# Accepted in the file though no flag sets them (dockerd: skipValidateOptions).
+_FILE_ONLY = frozenset({"features"})
 
 
-@dataclass(frozen=True)
-class ReloadDiff:
-    changed: frozenset[str]
-    live: frozenset[str]
-    restart: frozenset[str]
-
-
-def _read_file(options: Options) -> dict[str, Any]:
-    path = Path(options.config_file)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        if options.config_file_given:
-            raise ConfigError(f"open {path}: no such file or directory") from None
-        return {}
-    except OSError as exc:
-        raise ConfigError(f"unable to read {path}: {exc.strerror}") from None
-    if not text.strip():
-        return {}
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"unable to configure the daemon with file {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"unable to configure the daemon with file {path}: not a JSON object")
-    unknown = sorted(k for k in data if k not in KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unable to configure the daemon with file {path}: the following directives "
-            f"don't match any configuration option: {', '.join(unknown)}"
-        )
-    return data
-
-
-def _go_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return "[" + " ".join(_go_value(v) for v in value) + "]"
-    return str(value)
-
-
-def _merge(options: Options, file_values: dict[str, Any]) -> dict[str, Any]:
-    conflicts = [
-        f"{key}: (from flag: {_go_value(options.flags[key])}, from file: {_go_value(value)})"
-        for key, value in file_values.items()
-        if key in options.flags
-    ]
-    if conflicts:
-        raise ConfigError(
-            f"unable to configure the daemon with file {options.config_file}: the following "
-            "directives are specified both as a flag and in the configuration file: "
-            + ", ".join(conflicts)
-        )
-    return {**file_values, **options.flags}
-
-
-def _build(merged: dict[str, Any]) -> DaemonConfig:
-    try:
-        cfg = msgspec.convert(merged, DaemonConfig)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_type_error(str(exc))) from None
-    return _validate(cfg)
-
-
-def _type_error(text: str) -> str:
-    match = re.search(r"at `\$\.([^`\[]+)", text)
-    reason = text.split(" - at ")[0]
-    if match:
-        return f"invalid value for {match.group(1)}: {reason}"
-    return f"invalid configuration: {reason}"
-
-
-def parse_host(host: str, *, tls: bool) -> str:
-    """moby opts.ParseHost: normalised unix://, tcp:// or fd:// address."""
-    host = host.strip()
-    if not host:
-        return DEFAULT_UNIX_SOCKET
-    proto, sep, address = host.partition("://")
-    if not sep:
-        raise ConfigError(f"Invalid bind address format: {host}")
-    if proto == "unix":
-        return f"unix://{address or DEFAULT_UNIX_SOCKET[len('unix://') :]}"
-    if proto == "fd":
-        if address and not address.isdigit():
-            raise ConfigError(f"Invalid bind address format: {host}")
-        return host
-    if proto == "tcp":
-        address = address.split("/", 1)[0]
-        hostpart, _, port = address.rpartition(":") if ":" in address else (address, "", "")
-        if not port:
-            port = "2376" if tls else "2375"
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"Invalid bind address format: {host}")
-        return f"tcp://{hostpart or '127.0.0.1'}:{port}"
-    raise ConfigError(f"Invalid bind address format: {host}")
-
-
-def _validate(cfg: DaemonConfig) -> DaemonConfig:
-    if cfg.log_level not in LOG_LEVELS:
-        raise ConfigError(f"invalid log level: {cfg.log_level}")
-    if cfg.log_format not in ("text", "json"):
-        raise ConfigError(f"unsupported log format: {cfg.log_format}")
-    if cfg.max_concurrent_downloads < 0:
-        raise ConfigError(f"invalid max concurrent downloads: {cfg.max_concurrent_downloads}")
-    if cfg.max_concurrent_uploads < 0:
-        raise ConfigError(f"invalid max concurrent uploads: {cfg.max_concurrent_uploads}")
-    for label in cfg.labels:
-        if "=" not in label or label.startswith("="):
-            raise ConfigError(f"bad attribute format: {label}")
-    if not _NAMESPACE.fullmatch(cfg.containerd_namespace):
-        raise ConfigError(
-            f"invalid containerd namespace {cfg.containerd_namespace!r}: it must match "
-            f"{_NAMESPACE.pattern}"
-        )
-    if cfg.mtu < 0:
-        raise ConfigError(f"invalid default MTU: {cfg.mtu}")
-    if cfg.shutdown_timeout < 0:
-        raise ConfigError(f"invalid shutdown timeout: {cfg.shutdown_timeout}")
-    if cfg.bip:
-        try:
-            ipaddress.ip_interface(cfg.bip)
-        except ValueError:
-            raise ConfigError(f"invalid bip: {cfg.bip}") from None
-    for name, ulimit in cfg.default_ulimits.items():
-        if ulimit.soft > ulimit.hard:
-            raise ConfigError(f"invalid ulimit {name}: soft limit above hard limit")
-    tls = cfg.tls or cfg.tlsverify
-    hosts = tuple(parse_host(h, tls=tls) for h in cfg.hosts) or (DEFAULT_UNIX_SOCKET,)
-    certs = Path(os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
-    return msgspec.structs.replace(
-        cfg,
-        hosts=hosts,
-        tls=tls,
-        tlscacert=cfg.tlscacert or (str(certs / "ca.pem") if tls else ""),
-        tlscert=cfg.tlscert or (str(certs / "cert.pem") if tls else ""),
-        tlskey=cfg.tlskey or (str(certs / "key.pem") if tls else ""),
-    )
+class ReloadDiff(msgspec.Struct, frozen=True):
+    changed: frozenset[str]  # daemon.json keys whose value the file changed
+    live: frozenset[str]  # of those, applied by the returned config
+    restart: frozenset[str]  # of those, kept at the running value until a restart
 
 
 def load(options: Options) -> DaemonConfig:
-    return _build(_merge(options, _read_file(options)))
+    """The effective configuration: set flags over daemon.json over defaults."""
+    return _resolve(options, *_values(options))
 
 
 def reload(current: DaemonConfig, options: Options) -> tuple[DaemonConfig, ReloadDiff]:
-    """Re-read the file keeping the flags; ConfigError leaves the caller's config in force."""
-    new = load(options)
-    old_values = msgspec.to_builtins(current)
-    new_values = msgspec.to_builtins(new)
-    changed = frozenset(k for k in new_values if new_values[k] != old_values.get(k))
-    return new, ReloadDiff(changed=changed, live=changed & RELOADABLE, restart=changed - RELOADABLE)
+    """Re-read daemon.json, keeping the flags; a ConfigError leaves `current` in force.
+
+    The returned config takes the reloadable keys from the file and keeps the running
+    value of every other one, so it always describes what is actually in effect.
+    """
+    values, file_read = _values(options)
+    wanted = _resolve(options, values, file_read)
+    # Pin what needs a restart. tls/tlsverify are pinned so that they resolve to the
+    # running pair again (a tlsverify that is present at all would turn TLS on).
+    pinned = {key: current.get(key) for key in ATTRS if key not in RELOADABLE}
+    if not current.tls:
+        del pinned["tlsverify"]
+    values = {k: v for k, v in values.items() if k != "tlsverify"} | pinned
+    applied = _resolve(options, values, file_read)
+    changed = frozenset(k for k in ATTRS if wanted.get(k) != current.get(k))
+    live = frozenset(k for k in ATTRS if applied.get(k) != current.get(k))
+    return applied, ReloadDiff(changed=changed, live=live, restart=changed - live)
+
+
+def _values(options: Options) -> tuple[dict[str, Any], bool]:
+    """Typed values of every key the flags or the file set; and whether there was a file."""
+    file_values = _read_file(options)
+    try:
+        _check_conflicts(options.flags, file_values or {})
+    except ConfigError as exc:
+        raise _file_error(options, str(exc)) from None
+    merged: dict[str, Any] = {}
+    for key, value in {**(file_values or {}), **options.flags}.items():
+        if value is None:
+            continue  # Go's json leaves a field at its default for null
+        try:
+            merged[key] = msgspec.convert(value, TYPES[key])
+        except msgspec.ValidationError as exc:
+            raise _file_error(options, f"invalid JSON: invalid value for {key}: {exc}") from None
+    return merged, file_values is not None
+
+
+def _resolve(options: Options, values: dict[str, Any], file_read: bool) -> DaemonConfig:
+    try:
+        return resolve(values)
+    except ConfigError as exc:
+        if not file_read:
+            raise
+        reason = f"merged configuration validation from file and command line flags failed: {exc}"
+        raise _file_error(options, reason) from None
+
+
+def _file_error(options: Options, reason: str) -> ConfigError:
+    return ConfigError(
+        f"unable to configure the Docker daemon with file {options.config_file}: {reason}"
+    )
+
+
+def _read_file(options: Options) -> dict[str, Any] | None:
+    """The file's top-level values; None when the default file is absent."""
+    try:
+        with open(options.config_file, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        if options.config_file_given:  # only the default file may be missing
+            raise _file_error(
+                options, f"open {options.config_file}: no such file or directory"
+            ) from None
+        return None
+    except OSError as exc:
+        raise _file_error(options, f"open {options.config_file}: {exc.strerror}") from None
+    text = _decode(options, data).strip()
+    if not text:
+        return {}
+    try:
+        values = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise _file_error(options, f"invalid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise _file_error(options, "invalid JSON: the configuration must be a JSON object")
+    unknown = [k for k in values if k not in FLAG_BY_KEY and k not in _FILE_ONLY]
+    if unknown:
+        raise _file_error(
+            options,
+            "the following directives don't match any configuration option: "
+            + ", ".join(sorted(unknown)),
+        )
+    return values
+
+
+def _decode(options: Options, data: bytes) -> str:
+    """UTF-8, with or without a BOM, or UTF-16 with one (Notepad, PowerShell), as dockerd reads."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    else:
+        encoding = "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise _file_error(
+            options, f"failed to decode configuration JSON at offset {exc.start}"
+        ) from None
+
+
+def _check_conflicts(flags: dict[str, Any], file_values: dict[str, Any]) -> None:
+    # Listed in flag-name order, as pflag's Visit walks them.
+    conflicts = [
+        f"{key}: (from flag: {_go_flag(key, flags[key])}, from file: {_go_value(file_values[key])})"
+        for key in sorted(flags.keys() & file_values.keys(), key=lambda k: FLAG_BY_KEY[k].name)
+    ]
+    if conflicts:
+        raise ConfigError(
+            "the following directives are specified both as a flag and in the configuration "
+            "file: " + ", ".join(conflicts)
+        )
+
+
+def _go_flag(key: str, value: Any) -> str:
+    """A set flag as pflag's Value.String() shows it."""
+    if key == "default-ulimits":
+        ulimits: dict[str, Ulimit] = value
+        return "[" + " ".join(f"{u.name}={u.soft}:{u.hard}" for u in ulimits.values()) + "]"
+    if isinstance(value, list):
+        return "[" + " ".join(value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _go_value(value: Any) -> str:
+    """A decoded JSON value as Go's %v prints it."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return _go_float(value)
+    if isinstance(value, list | tuple):
+        return "[" + " ".join(_go_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{_go_value(value[k])}" for k in sorted(value)) + "]"
+    return str(value)
+
+
+def _go_float(number: float) -> str:
+    """A JSON number is a float64 in Go; %v prints its shortest digits, in e-form from 1e+06."""
+    from decimal import Decimal  # only to word a conflict
+
+    shortest = Decimal(repr(float(number))).normalize()
+    _, digits, exponent = shortest.as_tuple()
+    assert isinstance(exponent, int)
+    point = len(digits) + exponent - 1  # the decimal exponent of the first digit
+    if -4 <= point < 6:
+        return format(shortest, "f")
+    mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+    sign = "-" if number < 0 else ""
+    return f"{sign}{mantissa}e{'+' if point >= 0 else '-'}{abs(point):02d}"

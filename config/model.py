@@ -1,23 +1,33 @@
-"""The daemon configuration: one frozen struct whose field names are daemon.json's keys."""
+"""The daemon configuration: one frozen struct whose encoded field names are daemon.json's keys."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
-DEFAULT_UNIX_SOCKET = "unix:///var/run/pydockerd.sock"
 DEFAULT_CONFIG_FILE = "/etc/pydockerd/daemon.json"
+DEFAULT_UNIX_SOCKET = "unix:///var/run/pydockerd.sock"
+# dockerd: opts.DefaultTLSHost, used when TLS is on and no host is given.
+DEFAULT_TLS_HOST = "tcp://localhost:2376"
+
+
+class ConfigError(Exception):
+    """A flag, daemon.json or merged configuration that dockerd would refuse."""
 
 
 class Ulimit(msgspec.Struct, frozen=True, rename="pascal"):
-    name: str
-    soft: int
-    hard: int
+    name: str = ""
+    soft: int = 0
+    hard: int = 0
 
 
 class DaemonConfig(
     msgspec.Struct, frozen=True, kw_only=True, rename="kebab", forbid_unknown_fields=True
 ):
-    hosts: tuple[str, ...] = ()
+    """The effective configuration: flags over daemon.json over defaults, resolved by `load`."""
+
+    hosts: tuple[str, ...] = (DEFAULT_UNIX_SOCKET,)
     debug: bool = False
     log_level: str = "info"
     log_format: str = "text"
@@ -48,11 +58,26 @@ class DaemonConfig(
     ip_masq: bool = True
     userland_proxy: bool = True
     default_ulimits: dict[str, Ulimit] = {}
-    mtu: int = 0
+    mtu: int = 1500
     containerd: str = ""
     containerd_namespace: str = "pydockerd"
     features: dict[str, bool] = {}
 
+    @property
+    def managed_containerd(self) -> bool:
+        """No --containerd socket: the daemon runs and supervises its own containerd."""
+        return not self.containerd
 
-# daemon.json key -> attribute name
-KEYS: dict[str, str] = {f.encode_name: f.name for f in msgspec.structs.fields(DaemonConfig)}
+    @property
+    def tcp_hosts(self) -> tuple[str, ...]:
+        return tuple(h for h in self.hosts if h.startswith("tcp://"))
+
+    def get(self, key: str) -> Any:
+        """A value by its daemon.json key (`log-level`), as reload diffs name them."""
+        return getattr(self, ATTRS[key])
+
+
+_FIELDS = msgspec.structs.fields(DaemonConfig)
+# daemon.json key -> attribute name, and -> the type a file value must convert to
+ATTRS: dict[str, str] = {f.encode_name: f.name for f in _FIELDS}
+TYPES: dict[str, Any] = {f.encode_name: f.type for f in _FIELDS}
