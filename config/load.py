@@ -90,7 +90,9 @@ def _file_error(options: Options, reason: str) -> ConfigError:
 
 
 def _read_file(options: Options) -> dict[str, Any] | None:
-    """The file's top-level values; None when the default file is absent."""
+    """The file's top-level values; None when there is none (`--config-file ""` or absent)."""
+    if not options.config_file:
+        return None
     try:
         with open(options.config_file, "rb") as f:
             data = f.read()

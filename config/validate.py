@@ -203,7 +203,8 @@ def resolve(values: dict[str, Any]) -> DaemonConfig:
             v[key] = v.get(key) or os.path.join(certs, name)
     # Empty hosts are dropped; none left means the default socket (a TCP port with TLS).
     hosts = [h.strip() for h in v.get("hosts", ()) if h.strip()]
-    v["hosts"] = tuple(sorted({parse_host(h) for h in hosts or [_default_host(tls)]}))
+    hosts = hosts or [DEFAULT_TLS_HOST if tls else DEFAULT_UNIX_SOCKET]
+    v["hosts"] = tuple(sorted({parse_host(h) for h in hosts}))
     # A file's ulimit may leave out its Name: the map key names it.
     ulimits: dict[str, Ulimit] = v.get("default-ulimits", {})
     v["default-ulimits"] = {
@@ -214,10 +215,6 @@ def resolve(values: dict[str, Any]) -> DaemonConfig:
     cfg = DaemonConfig(**{ATTRS[k]: value for k, value in v.items()})
     _validate(cfg)
     return msgspec.structs.replace(cfg, labels=conflict_free_labels(cfg.labels))
-
-
-def _default_host(tls: bool) -> str:
-    return DEFAULT_TLS_HOST if tls else DEFAULT_UNIX_SOCKET
 
 
 def _validate(cfg: DaemonConfig) -> None:

@@ -43,7 +43,7 @@ def test_defaults(tmp_path: Path) -> None:
     # The default file may be absent.
     absent = config.Options(config_file=str(tmp_path / "absent.json"))
     cfg = config.load(absent)
-    assert cfg == config.DaemonConfig()
+    assert cfg == config.DaemonConfig() == config.load(config.parse_args(["--config-file="]))
     assert cfg.hosts == ("unix:///var/run/pydockerd.sock",)
     assert (cfg.data_root, cfg.exec_root) == ("/var/lib/pydockerd", "/var/run/pydockerd")
     assert cfg.pidfile == "/var/run/pydockerd.pid" and cfg.group == "docker"
