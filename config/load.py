@@ -11,13 +11,15 @@ from config.flags import FLAG_BY_KEY, Options
 from config.model import ATTRS, TYPES, ConfigError, DaemonConfig, Ulimit
 from config.validate import resolve
 
-# What a SIGHUP applies without a restart; any other changed key waits for one.
+# What a SIGHUP applies without a restart; any other changed key waits for one. dockerd
+# reloads neither hosts nor TLS; here they are one listener setting the API re-opens live.
 RELOADABLE = frozenset(
     {
         "debug", "log-level", "labels", "live-restore", "max-concurrent-downloads",
         "max-concurrent-uploads", "insecure-registries", "registry-mirrors", "shutdown-timeout",
         "default-ulimits", "api-cors-header", "authorization-plugins", "cluster-store",
-        "cluster-advertise", "tlscacert", "tlscert", "tlskey", "hosts", "features",
+        "cluster-advertise", "hosts", "tls", "tlsverify", "tlscacert", "tlscert", "tlskey",
+        "features",
     }
 )  # fmt: skip
 # Accepted in the file though no flag sets them (dockerd: skipValidateOptions).
@@ -43,13 +45,9 @@ def reload(current: DaemonConfig, options: Options) -> tuple[DaemonConfig, Reloa
     """
     values, file_read = _values(options)
     wanted = _resolve(options, values, file_read)
-    # Pin what needs a restart. tls/tlsverify are pinned so that they resolve to the
-    # running pair again (a tlsverify that is present at all would turn TLS on).
+    # Keys that need a restart keep their running value (resolving is idempotent on them).
     pinned = {key: current.get(key) for key in ATTRS if key not in RELOADABLE}
-    if not current.tls:
-        del pinned["tlsverify"]
-    values = {k: v for k, v in values.items() if k != "tlsverify"} | pinned
-    applied = _resolve(options, values, file_read)
+    applied = _resolve(options, values | pinned, file_read)
     changed = frozenset(k for k in ATTRS if wanted.get(k) != current.get(k))
     live = frozenset(k for k in ATTRS if applied.get(k) != current.get(k))
     return applied, ReloadDiff(changed=changed, live=live, restart=changed - live)

@@ -315,24 +315,19 @@ def test_reload_diff_keeps_flags(tmp_path: Path) -> None:
         config.reload(current, options)
 
 
-def test_reload_tls_needs_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reload_tls_is_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_CERT_PATH", "/certs")
     path = tmp_path / "daemon.json"
-    write(path, {})
+    write(path, {"iptables": False})
     options = config.parse_args(["--config-file", str(path)])
     current = config.load(options)
-    # Turning TLS on moves the default host to tcp://localhost:2376, but only at a restart.
-    write(path, {"tlsverify": True})
+    # TLS and hosts are listener settings: they change live, the default host with them.
+    write(path, {"tlsverify": True, "iptables": True})
     new, diff = config.reload(current, options)
-    assert new == current and diff.live == set()
-    assert {"tls", "tlsverify", "hosts", "tlscert"} <= diff.restart
-    # Certificates change live when TLS is already on.
-    write(path, {"tls": True, "tlsverify": False})
-    running = config.load(options)
-    write(path, {"tls": True, "tlsverify": False, "tlscert": "/new.pem"})
-    new, diff = config.reload(running, options)
-    assert diff.live == {"tlscert"} and diff.restart == set()
-    assert new.tls and not new.tlsverify and new.tlscert == "/new.pem"
+    assert {"tls", "tlsverify", "hosts", "tlscacert", "tlscert", "tlskey"} <= diff.live
+    assert diff.restart == {"iptables", "ip-masq"}
+    assert new.tls and new.tlsverify and new.hosts == ("tcp://localhost:2376",)
+    assert new.tlscert == "/certs/cert.pem" and not new.iptables and not new.ip_masq
 
 
 def test_shipped_files() -> None:
