@@ -9,11 +9,14 @@ import sys
 from kernel.clock import rfc3339
 
 LEVELS = {
+    "trace": logging.DEBUG,
     "debug": logging.DEBUG,
     "info": logging.INFO,
     "warn": logging.WARNING,
+    "warning": logging.WARNING,
     "error": logging.ERROR,
     "fatal": logging.CRITICAL,
+    "panic": logging.CRITICAL,
 }
 _NAMES = {
     logging.DEBUG: "debug",
@@ -59,4 +62,5 @@ def setup(*, level: str, debug: bool, log_format: str) -> None:
 
 def set_level(*, level: str, debug: bool) -> None:
     """Apply `log-level`, or debug when `debug` is on (as dockerd does)."""
-    logging.getLogger(ROOT).setLevel(logging.DEBUG if debug else LEVELS.get(level, logging.INFO))
+    level_number = LEVELS.get(level.lower(), logging.INFO)
+    logging.getLogger(ROOT).setLevel(logging.DEBUG if debug else level_number)
