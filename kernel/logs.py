@@ -29,26 +29,26 @@ _NAMES = {
 ROOT = "pydockerd"
 
 
-def _timestamp(record: logging.LogRecord) -> str:
-    return rfc3339(int(record.created * 1e9))
+class _LogrusFormatter(logging.Formatter):
+    """The fields logrus writes: time, level, msg (with any traceback in msg)."""
 
-
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
+    def fields(self, record: logging.LogRecord) -> tuple[str, str, str]:
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
-        level = _NAMES.get(record.levelno, "info")
-        return f'time="{_timestamp(record)}" level={level} msg={json.dumps(message)}'
+        return rfc3339(int(record.created * 1e9)), _NAMES.get(record.levelno, "info"), message
 
 
-class JsonFormatter(logging.Formatter):
+class TextFormatter(_LogrusFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.exc_info:
-            message += "\n" + self.formatException(record.exc_info)
-        level = _NAMES.get(record.levelno, "info")
-        return json.dumps({"level": level, "msg": message, "time": _timestamp(record)})
+        time, level, message = self.fields(record)
+        return f'time="{time}" level={level} msg={json.dumps(message)}'
+
+
+class JsonFormatter(_LogrusFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        time, level, message = self.fields(record)
+        return json.dumps({"level": level, "msg": message, "time": time})
 
 
 def setup(*, level: str, debug: bool, log_format: str) -> None:
