@@ -13,6 +13,7 @@ import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import trio
@@ -100,6 +101,8 @@ class ApiService:
                     task_status.started()
             for listener in listeners:
                 await listener.aclose()
+            if host.startswith("unix://"):  # as Go does: a closed unix listener leaves no file
+                Path(host.removeprefix("unix://")).unlink(missing_ok=True)
 
         await self._nursery.start(serve)
         log.info("API listen on %s", host)

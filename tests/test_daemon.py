@@ -158,6 +158,7 @@ def test_graceful_stop_removes_pidfile_and_socket(daemon: Daemon) -> None:
     assert oct(daemon.sock.stat().st_mode & 0o777) == "0o660"
     assert daemon.stop() == 0
     assert not daemon.pidfile.exists()
+    assert not daemon.sock.exists()
     assert "Daemon shutdown complete" in daemon.log()
 
 
