@@ -116,7 +116,7 @@ def _peer(stream: trio.abc.Stream) -> tuple[str, int] | None:
 
 
 class _Connection:
-    """One client socket and its h11 state; at most one task reads it at a time."""
+    """One client socket and its h11 state."""
 
     def __init__(self, server: H1Server, stream: trio.abc.Stream) -> None:
         self.server = server
@@ -124,8 +124,7 @@ class _Connection:
         self.tls = isinstance(stream, trio.SSLStream)
         self.client = _peer(stream)
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=server.max_header_bytes)
-        self._read_lock = trio.Lock()
-        self._reader_scope: trio.CancelScope | None = None
+        self._watcher: tuple[trio.CancelScope, trio.Event] | None = None
         self.idle_scope: trio.CancelScope | None = None
         self.closed_by_peer = False
         self.broken = False  # a write failed or was cut: the framing is lost, close
@@ -148,27 +147,22 @@ class _Connection:
             await self.write(data)
 
     async def _read_more(self) -> None:
-        async with self._read_lock:
-            if not self.hijacking:
-                with trio.CancelScope() as scope:
-                    self._reader_scope = scope
-                    try:
-                        data = bytes(await self.stream.receive_some(READ_SIZE))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        data = b""
-                    if not data:
-                        self.closed_by_peer = True
-                    fast = self.server.fast_lane
-                    reply = fast(data) if fast and self.at_cycle_start and data else None
-                    if reply is not None:
-                        # Answered without h11, which never saw the request and stays idle.
-                        await self.write(reply)
-                    else:
-                        self.at_cycle_start = False
-                        self.h11.receive_data(data)
-                self._reader_scope = None
+        """Feed h11 one read, unless the fast lane answers it whole."""
         if self.hijacking:
             await trio.sleep_forever()  # the route owns the socket now
+        try:
+            data = bytes(await self.stream.receive_some(READ_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            self.closed_by_peer = True
+        fast = self.server.fast_lane
+        reply = fast(data) if fast and self.at_cycle_start and data else None
+        if reply is not None:
+            await self.write(reply)  # h11 never saw the request and stays idle
+        else:
+            self.at_cycle_start = False
+            self.h11.receive_data(data)
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
@@ -180,19 +174,33 @@ class _Connection:
             await self._read_more()
 
     async def wait_disconnect(self) -> None:
-        """Return when the peer has gone (EOF); bytes it pipelines meanwhile stay buffered."""
-        while not self.closed_by_peer:
-            if len(self.h11.trailing_data[0]) > DISCARD_LIMIT:
-                await trio.sleep_forever()
-            await self._read_more()
+        """Return when the peer has gone (EOF); bytes it pipelines meanwhile stay buffered.
+
+        The only read that can be running when a route hijacks: `stop_reading` cancels it.
+        """
+        while self._watcher is not None:  # one watcher at a time
+            await self._watcher[1].wait()
+        done = trio.Event()
+        with trio.CancelScope() as scope:
+            self._watcher = (scope, done)
+            try:
+                while not self.closed_by_peer and not self.hijacking:
+                    if len(self.h11.trailing_data[0]) > DISCARD_LIMIT:
+                        await trio.sleep_forever()
+                    await self._read_more()
+            finally:
+                self._watcher = None
+                done.set()
+        if self.hijacking:
+            await trio.sleep_forever()
 
     async def stop_reading(self) -> None:
-        """Cancel a read in progress and wait until it is out: nobody reads here again."""
+        """Stop the disconnect watcher and wait until it is out: nobody reads here again."""
         self.hijacking = True
-        if self._reader_scope is not None:
-            self._reader_scope.cancel()
-        async with self._read_lock:
-            pass
+        if self._watcher is not None:
+            scope, done = self._watcher
+            scope.cancel()
+            await done.wait()
 
 
 class _Exchange:
