@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := containerd runc busybox-static etcd-server docker-registry iproute2 util-linux
+DEBS := containerd runc busybox-static etcd-server docker-registry iproute2 util-linux procps
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=

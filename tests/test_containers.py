@@ -425,3 +425,22 @@ def test_system_df(daemon: Daemon) -> None:
         assert rows["Containers"].split()[0] == "1"
     finally:
         daemon.docker("rm", "df-user")
+
+
+def test_top(daemon: Daemon) -> None:
+    daemon.docker(
+        "run", "-d", "--name", "topped", "busybox", "sh", "-c", "sleep 301 & exec sleep 302"
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            out = daemon.docker("top", "topped").stdout
+            if "sleep 301" in out and "sleep 302" in out:
+                break
+            time.sleep(0.2)
+        assert "sleep 301" in out and "sleep 302" in out and "PID" in out.splitlines()[0]
+        assert len(out.splitlines()) == 3  # only the container's processes
+        custom = daemon.docker("top", "topped", "-o", "pid,comm").stdout.splitlines()
+        assert custom[0].split() == ["PID", "COMMAND"]
+    finally:
+        daemon.docker("rm", "-f", "topped")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal as signals
 from collections.abc import AsyncIterator, Callable
@@ -35,7 +36,7 @@ from actors.containers.store import ContainerStore
 from actors.containers.streams import OutputHub
 from actors.events import EventsService
 from kernel.clock import now_rfc3339, parse_time
-from kernel.errors import Conflict, InvalidParameter, NotModified, Unavailable
+from kernel.errors import Conflict, InternalError, InvalidParameter, NotModified, Unavailable
 from kernel.fsutil import atomic_write
 
 log = logging.getLogger("pydockerd.containers")
@@ -775,6 +776,34 @@ class ContainersService:
                 await runtime.exited.wait()
 
     # -- reads ----------------------------------------------------------------------
+
+    async def top(self, ref: str, ps_args: str) -> dict[str, Any]:
+        """`docker top`: the host's `ps` output, cut down to the container's processes."""
+        container = self.store.get(ref)
+        if not container.State.Running:
+            raise Conflict(f"Container {container.Id} is not running")
+        client = await self.bridge.wait_client()
+        pids = {process.pid for process in await client.list_pids(container.Id)}
+        try:
+            args = shlex.split(ps_args or "-ef")
+        except ValueError as exc:
+            raise InvalidParameter(f"invalid ps arguments: {exc}") from None
+        result = await trio.run_process(
+            ["ps", *args], capture_stdout=True, capture_stderr=True, check=False
+        )
+        if result.returncode != 0:
+            raise InternalError(f"ps: {result.stderr.decode(errors='replace').strip()}")
+        lines = result.stdout.decode(errors="replace").splitlines()
+        titles = lines[0].split() if lines else []
+        if "PID" not in titles:
+            raise InvalidParameter("Couldn't find PID field in ps output")
+        pid_at = titles.index("PID")
+        processes = []
+        for line in lines[1:]:
+            fields = line.split(None, len(titles) - 1)
+            if len(fields) > pid_at and fields[pid_at].isdigit() and int(fields[pid_at]) in pids:
+                processes.append(fields)
+        return {"Titles": titles, "Processes": processes}
 
     def list_containers(
         self, filters: dict[str, list[str]], *, all_containers: bool, limit: int, size: bool

@@ -75,6 +75,11 @@ async def inspect(name: str) -> Response:
     return json_response(data)
 
 
+@router.route("/containers/<name>/top", methods=["GET"])
+async def top(name: str) -> Response:
+    return json_response(await (await containers()).top(name, request.args.get("ps_args", "")))
+
+
 @router.route("/containers/<name>/start", methods=["POST"])
 async def start(name: str) -> Response:
     await (await containers()).start(name)
