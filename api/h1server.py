@@ -283,12 +283,12 @@ class _Exchange:
                 raise RuntimeError("http.response.start sent twice")
             self.response_started = True
             headers: Headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
-            if self.conn.h11.they_are_waiting_for_100_continue:
-                # Answered without reading the body: the client never sends it.
+            server = self.conn.server
+            if server.draining or self.conn.h11.they_are_waiting_for_100_continue:
+                # No next request after a drain; an unread 100-continue body never comes.
                 headers.append((b"connection", b"close"))
-            server = self.conn.server.server_header
-            if server is not None and not any(k.lower() == b"server" for k, _ in headers):
-                headers.append((b"server", server))
+            if server.server_header and not any(k.lower() == b"server" for k, _ in headers):
+                headers.append((b"server", server.server_header))
             status = int(message["status"])
             head = h11.Response(
                 status_code=status, headers=headers, reason=_REASONS.get(status, b"")
@@ -406,6 +406,10 @@ class H1Server:
             for scope in self._accepting:
                 scope.cancel()
             self.stopped.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._drain.is_set()
 
     def drain(self) -> None:
         """Stop accepting; idle connections close now, busy ones after their request."""

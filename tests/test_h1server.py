@@ -697,7 +697,8 @@ async def test_drain_finishes_in_flight_and_closes_idle() -> None:
         def slow_client() -> None:
             with connect(path) as sock:
                 sock.sendall(b"GET /slow HTTP/1.1\r\nHost: d\r\n\r\n")
-                results["slow"] = read_response(sock)[1]
+                head, results["slow"] = read_response(sock)
+                assert header(head, b"connection") == b"close"
                 assert is_closed(sock)  # no next request after the drain
 
         async with trio.open_nursery() as nursery:
