@@ -21,9 +21,14 @@ REPO = Path(__file__).resolve().parent.parent
 PYDOCKERD = [sys.executable, "-m", "kernel.main"]
 
 
+CREATED_DIRS: list[Path] = []  # removed at the end of the test session (conftest)
+
+
 def short_tempdir(prefix: str = "pyd") -> Path:
     """Unix socket paths must stay under 108 bytes: pytest's tmp_path can be longer."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    CREATED_DIRS.append(path)
+    return path
 
 
 def free_port() -> int:
@@ -191,6 +196,17 @@ class Daemon:
         return self.proc.returncode
 
 
+def remove_cgroups(namespace: str) -> None:
+    """The daemon's cgroup parent (`/<namespace>`) in every hierarchy, once it is empty."""
+    base = Path("/sys/fs/cgroup")
+    for parent in [base / namespace, *base.glob(f"*/{namespace}")]:
+        for directory in sorted(parent.glob("**/"), key=lambda p: -len(p.parts)):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+
+
 @contextmanager
 def running_daemon(
     *args: str, config: dict[str, Any] | None = None, root: Path | None = None
@@ -202,6 +218,7 @@ def running_daemon(
         yield daemon
     finally:
         daemon.stop()
+        remove_cgroups(daemon.namespace)
         shutil.rmtree(root, ignore_errors=True)
 
 
