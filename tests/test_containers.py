@@ -444,3 +444,24 @@ def test_top(daemon: Daemon) -> None:
         assert custom[0].split() == ["PID", "COMMAND"]
     finally:
         daemon.docker("rm", "-f", "topped")
+
+
+def test_stats(daemon: Daemon) -> None:
+    daemon.docker("run", "-d", "--name", "busy", "--memory", "64m", "busybox", "sh", "-c",
+                  "while true; do :; done")  # fmt: skip
+    try:
+        row = daemon.docker("stats", "--no-stream", "--format",
+                            "{{.Name}} {{.CPUPerc}} {{.MemUsage}} {{.PIDs}}", "busy")  # fmt: skip
+        name, cpu, usage, _, limit, pids = row.stdout.split()
+        assert usage.endswith(("KiB", "MiB"))
+        assert name == "busy" and float(cpu.rstrip("%")) > 10
+        assert limit == "64MiB" and pids == "1"
+        client = daemon.client()
+        try:
+            sample = client.containers.get("busy").stats(stream=False, one_shot=True)
+            assert sample["memory_stats"]["limit"] == 64 * 1024 * 1024
+            assert sample["cpu_stats"]["cpu_usage"]["total_usage"] > 0
+        finally:
+            client.close()
+    finally:
+        daemon.docker("rm", "-f", "busy")

@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import trio
 from quart import Blueprint, Response, request
 
 from api.context import ctx
@@ -78,6 +79,49 @@ async def inspect(name: str) -> Response:
 @router.route("/containers/<name>/top", methods=["GET"])
 async def top(name: str) -> Response:
     return json_response(await (await containers()).top(name, request.args.get("ps_args", "")))
+
+
+@router.route("/containers/<name>/stats", methods=["GET"])
+async def stats(name: str) -> Response:
+    """One sample a second while streaming; `stream=0` waits one interval so that
+    precpu_stats is filled, `one-shot=1` answers at once (moby's semantics)."""
+    from actors.containers import stats as cgroup_stats
+
+    service = await containers()
+    container = service.store.get(name)
+    stream = query_bool("stream", True)
+    one_shot = query_bool("one-shot")
+    if stream and one_shot:
+        raise InvalidParameter("cannot have stream=true and one-shot=true")
+    cgroups_path = f"{service.cgroup_parent}/{container.Id}"
+
+    def reading(previous: dict[str, Any] | None) -> dict[str, Any]:
+        current = (
+            cgroup_stats.sample(cgroups_path)
+            if container.State.Running
+            else cgroup_stats.empty_sample()
+        )
+        current.update(name=container.Name, id=container.Id)
+        if previous is not None:
+            current["preread"] = previous["read"]
+            current["precpu_stats"] = previous["cpu_stats"]
+        else:
+            current["preread"] = "0001-01-01T00:00:00Z"
+            current["precpu_stats"] = {"cpu_usage": {"total_usage": 0}, "throttling_data": {}}
+        return current
+
+    async def samples() -> AsyncIterator[bytes]:
+        previous = None
+        while True:
+            current = reading(previous)
+            if stream or one_shot or previous is not None:
+                yield json.dumps(current).encode() + b"\n"
+                if not stream:
+                    return
+            previous = current
+            await trio.sleep(1)
+
+    return Response(samples(), status=200, content_type="application/json")
 
 
 @router.route("/containers/<name>/start", methods=["POST"])
