@@ -643,18 +643,22 @@ class TlsClient:
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
         self._call(self.tls.do_handshake)
 
+    def _flush(self) -> None:
+        if data := self.outgoing.read():
+            self.sock.sendall(data)
+
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         while True:
             try:
                 result = fn(*args)
             except ssl.SSLWantReadError:
-                self.sock.sendall(self.outgoing.read())
+                self._flush()
                 if data := self.sock.recv(65536):
                     self.incoming.write(data)
                 else:
                     self.incoming.write_eof()
             else:
-                self.sock.sendall(self.outgoing.read())
+                self._flush()
                 return result
 
     def sendall(self, data: bytes) -> None:
@@ -671,7 +675,7 @@ class TlsClient:
             self.tls.unwrap()  # sends close_notify, then wants the peer's
         except ssl.SSLWantReadError:
             pass
-        self.sock.sendall(self.outgoing.read())
+        self._flush()
 
 
 async def test_tls_keep_alive_and_hijack_with_close_notify(ca: trustme.CA) -> None:
