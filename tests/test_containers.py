@@ -8,6 +8,7 @@ import pty
 import select
 import signal
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -465,3 +466,21 @@ def test_stats(daemon: Daemon) -> None:
             client.close()
     finally:
         daemon.docker("rm", "-f", "busy")
+
+
+def test_diff_and_export(daemon: Daemon, tmp_path: Path) -> None:
+    script = "mkdir /new && echo x > /new/file && rm /bin/vi && echo y >> /etc/passwd"
+    daemon.docker("run", "--name", "changer", "busybox", "sh", "-c", script)
+    try:
+        diff = daemon.docker("diff", "changer").stdout.splitlines()
+        for line in ("A /new", "A /new/file", "C /bin", "D /bin/vi", "C /etc", "C /etc/passwd"):
+            assert line in diff
+        out = tmp_path / "root.tar"
+        daemon.docker("export", "-o", str(out), "changer")
+        with tarfile.open(out) as archive:
+            names = set(archive.getnames())
+            assert {"new/file", "bin/busybox", "etc/passwd"} <= names and "bin/vi" not in names
+            passwd = archive.extractfile("etc/passwd")
+            assert passwd is not None and passwd.read().endswith(b"y\n")
+    finally:
+        daemon.docker("rm", "changer")

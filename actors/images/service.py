@@ -5,13 +5,15 @@ them. Disk-heavy work runs in threads; mutations of the stores one at a time."""
 from __future__ import annotations
 
 import logging
+import os
+import tarfile
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import trio
 
-from actors.images import tarexport
+from actors.images import rootdiff, tarexport
 from actors.images.changes import apply_changes
 from actors.images.graphdriver import GraphDriver, Mount, choose
 from actors.images.reference import Reference, repo_tag
@@ -79,6 +81,33 @@ class ImagesService:
     async def rw_mounts(self, container_id: str) -> list[Mount]:
         """The container's root filesystem for containerd's task create (not mounted)."""
         return self.layers.rw_mounts(container_id)
+
+    async def changes(self, container_id: str) -> list[dict[str, object]]:
+        """`docker diff`: the container's root against its image's (with the init layer)."""
+        rw = self.layers.get_rw_layer(container_id)
+
+        def compare() -> list[dict[str, object]]:
+            image_root = self.driver.get(rw.init_id)
+            try:
+                container_root = self.layers.mount_rw_layer(container_id)
+                try:
+                    return rootdiff.changes(image_root, container_root)
+                finally:
+                    self.layers.unmount_rw_layer(container_id)
+            finally:
+                self.driver.put(rw.init_id)
+
+        return await trio.to_thread.run_sync(compare)
+
+    def export(self, container_id: str, out: BinaryIO) -> None:
+        """`docker export`: the container's root filesystem as one tar (in a thread)."""
+        root = self.layers.mount_rw_layer(container_id)
+        try:
+            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+                for entry in sorted(os.listdir(root)):
+                    archive.add(root / entry, arcname=entry, recursive=True)
+        finally:
+            self.layers.unmount_rw_layer(container_id)
 
     async def mount_rw_layer(self, container_id: str) -> str:
         return str(await trio.to_thread.run_sync(self.layers.mount_rw_layer, container_id))

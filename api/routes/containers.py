@@ -124,6 +124,24 @@ async def stats(name: str) -> Response:
     return Response(samples(), status=200, content_type="application/json")
 
 
+@router.route("/containers/<name>/changes", methods=["GET"])
+async def changes(name: str) -> Response:
+    service = await containers()
+    container = service.store.get(name)
+    return json_response(await service.images.changes(container.Id) or None)
+
+
+@router.route("/containers/<name>/export", methods=["GET"])
+async def export(name: str) -> Response:
+    from kernel.threadpipe import stream_output
+
+    service = await containers()
+    container = service.store.get(name)
+    images = service.images
+    body = stream_output(lambda out: images.export(container.Id, out))  # type: ignore[attr-defined]
+    return Response(body, status=200, content_type="application/x-tar")
+
+
 @router.route("/containers/<name>/start", methods=["POST"])
 async def start(name: str) -> Response:
     await (await containers()).start(name)
