@@ -484,3 +484,23 @@ def test_diff_and_export(daemon: Daemon, tmp_path: Path) -> None:
             assert passwd is not None and passwd.read().endswith(b"y\n")
     finally:
         daemon.docker("rm", "changer")
+
+
+def test_commit(daemon: Daemon) -> None:
+    daemon.docker("run", "--name", "to-commit", "busybox", "sh", "-c",
+                  "echo committed > /greeting && rm /bin/vi")  # fmt: skip
+    try:
+        change = 'CMD ["cat", "/greeting"]'
+        committed = daemon.docker(
+            "commit", "--change", change, "-m", "a message", "to-commit", "snap:v1"
+        )
+        image_id = committed.stdout.strip()
+        assert image_id.startswith("sha256:")
+        assert daemon.docker("run", "--rm", "snap:v1").stdout == "committed\n"
+        gone = daemon.docker("run", "--rm", "snap:v1", "sh", "-c", "test -e /bin/vi || echo gone")
+        assert gone.stdout == "gone\n"
+        history = daemon.docker("history", "--format", "{{.Comment}}", "snap:v1").stdout
+        assert history.splitlines()[0] == "a message"
+    finally:
+        daemon.docker("rm", "to-commit")
+        daemon.docker("rmi", "snap:v1", check=False)

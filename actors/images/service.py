@@ -4,9 +4,12 @@ them. Disk-heavy work runs in threads; mutations of the stores one at a time."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tarfile
+import tempfile
+import time
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,7 +22,7 @@ from actors.images.graphdriver import GraphDriver, Mount, choose
 from actors.images.reference import Reference, repo_tag
 from actors.images.store import Image, Images
 from actors.images.tarexport import SaveTarget
-from kernel.clock import unix_seconds
+from kernel.clock import rfc3339_nano, unix_seconds
 from kernel.errors import NotFound
 from kernel.threadpipe import run_with_input
 
@@ -28,6 +31,19 @@ log = logging.getLogger("pydockerd.images")
 # image ID -> [(container ID, running)], from the containers actor
 ContainerUsage = Callable[[], Mapping[str, Sequence[tuple[str, bool]]]]
 GOARCH = tarexport.GOARCH
+
+
+def _write_layer(root: Path, diff: list[dict[str, Any]], out: BinaryIO) -> None:
+    """A layer tar of `diff` (from rootdiff): files as they are, deletions as whiteouts."""
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for change in diff:
+            path = str(change["Path"]).lstrip("/")
+            if change["Kind"] == rootdiff.DELETED:
+                directory, name = os.path.split(path)
+                whiteout = tarfile.TarInfo(os.path.join(directory, f".wh.{name}"))
+                archive.addfile(whiteout)
+            else:
+                archive.add(root / path, arcname=path, recursive=False)
 
 
 class ImagesService:
@@ -98,6 +114,63 @@ class ImagesService:
                 self.driver.put(rw.init_id)
 
         return await trio.to_thread.run_sync(compare)
+
+    async def commit(
+        self,
+        container_id: str,
+        image_id: str,
+        config: dict[str, Any],
+        *,
+        repo: str,
+        tag: str,
+        changes: list[str],
+        comment: str,
+        author: str,
+    ) -> Image:
+        """`docker commit`: the container's changes as a new layer on top of its image."""
+        ref = repo_tag(repo, tag) if repo else None
+        config = apply_changes(dict(config), changes)  # bad changes fail before any work
+        base = self.core.get_image(image_id)
+        rw = self.layers.get_rw_layer(container_id)
+
+        def build() -> Image:
+            image_root = self.driver.get(rw.init_id)
+            try:
+                root = self.layers.mount_rw_layer(container_id)
+                try:
+                    with tempfile.TemporaryFile(dir=self.data_root / "tmp") as layer_tar:
+                        _write_layer(root, rootdiff.changes(image_root, root), layer_tar)
+                        layer_tar.seek(0)
+                        layer = self.layers.register(layer_tar, base.top_layer)
+                finally:
+                    self.layers.unmount_rw_layer(container_id)
+            finally:
+                self.driver.put(rw.init_id)
+            try:
+                created = rfc3339_nano(time.time_ns())
+                document = {
+                    **base.config,
+                    "author": author,
+                    "comment": comment,
+                    "created": created,
+                    "config": config,
+                    "container": container_id,
+                    "rootfs": {"type": "layers", "diff_ids": [*base.diff_ids, layer.diff_id]},
+                    "history": [
+                        *(base.config.get("history") or []),
+                        {"created": created, "author": author, "comment": comment},
+                    ],
+                }
+                raw = json.dumps({k: v for k, v in document.items() if v != ""}).encode()
+                return self.core.create_image(raw, parent=base.id)
+            finally:
+                self.layers.release(layer.chain_id)
+
+        async with self._lock:
+            image = await trio.to_thread.run_sync(build)
+            if ref is not None:
+                self.core.tag(image, ref)
+        return image
 
     def export(self, container_id: str, out: BinaryIO) -> None:
         """`docker export`: the container's root filesystem as one tar (in a thread)."""

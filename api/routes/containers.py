@@ -142,6 +142,26 @@ async def export(name: str) -> Response:
     return Response(body, status=200, content_type="application/x-tar")
 
 
+@router.route("/commit", methods=["POST"])
+async def commit() -> Response:
+    service = await containers()
+    container = service.store.get(request.args.get("container", ""))
+    overrides = await read_json(dict[str, Any])
+    config = {k: v for k, v in container.Config.items() if k != "Image"}
+    config.update(overrides)
+    image = await service.images.commit(  # type: ignore[attr-defined]
+        container.Id,
+        container.Image,
+        config,
+        repo=request.args.get("repo", ""),
+        tag=request.args.get("tag", ""),
+        changes=request.args.getlist("changes"),
+        comment=request.args.get("comment", ""),
+        author=request.args.get("author", ""),
+    )
+    return json_response({"Id": image.id}, status=201)
+
+
 @router.route("/containers/<name>/start", methods=["POST"])
 async def start(name: str) -> Response:
     await (await containers()).start(name)
