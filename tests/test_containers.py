@@ -504,3 +504,29 @@ def test_commit(daemon: Daemon) -> None:
     finally:
         daemon.docker("rm", "to-commit")
         daemon.docker("rmi", "snap:v1", check=False)
+
+
+def test_cp_both_ways(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.docker("run", "-d", "--name", "copier", "busybox", "sh", "-c",
+                  "mkdir -p /data/sub && echo inside > /data/sub/f && exec sleep 300")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while daemon.docker("cp", "copier:/data", str(tmp_path / "out"), check=False).returncode:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert (tmp_path / "out" / "sub" / "f").read_text() == "inside\n"
+        (tmp_path / "up.txt").write_text("from host\n")
+        daemon.docker("cp", str(tmp_path / "up.txt"), "copier:/data/")
+        assert daemon.docker("exec", "copier", "cat", "/data/up.txt").stdout == "from host\n"
+        missing = daemon.docker("cp", "copier:/nope", str(tmp_path / "x"), check=False)
+        assert (
+            missing.returncode != 0
+            and "Could not find the file /nope in container copier" in missing.stderr
+        )
+        # A symlink in the container never leads the copy out of its root.
+        daemon.docker("exec", "copier", "ln", "-s", "/", "/data/escape")
+        daemon.docker("cp", str(tmp_path / "up.txt"), "copier:/data/escape/tmp/")
+        assert not Path("/tmp/up.txt").exists() or Path("/tmp/up.txt").read_text() != "from host\n"
+        assert daemon.docker("exec", "copier", "cat", "/tmp/up.txt").stdout == "from host\n"
+    finally:
+        daemon.docker("rm", "-f", "copier")

@@ -14,11 +14,11 @@ import re
 import shlex
 import shutil
 import signal as signals
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import msgspec
 import trio
@@ -27,7 +27,7 @@ from actors.containerd.bridge import ContainerdBridge, Reconnected
 from actors.containerd.errors import ContainerdError
 from actors.containerd.errors import NotFound as TaskNotFound
 from actors.containerd.model import TaskExit, TaskOOM, TaskStatus
-from actors.containers import oci
+from actors.containers import archive, oci
 from actors.containers.logfile import LogWriter, parse_size
 from actors.containers.model import Container, State
 from actors.containers.spec import build_spec
@@ -38,6 +38,7 @@ from actors.events import EventsService
 from kernel.clock import now_rfc3339, parse_time
 from kernel.errors import Conflict, InternalError, InvalidParameter, NotModified, Unavailable
 from kernel.fsutil import atomic_write
+from kernel.threadpipe import run_with_input
 
 log = logging.getLogger("pydockerd.containers")
 
@@ -58,6 +59,8 @@ class ImageProvider(Protocol):
     async def unmount_rw_layer(self, container_id: str) -> None: ...
     async def remove_rw_layer(self, container_id: str) -> None: ...
     def rw_size(self, container_id: str) -> int: ...
+    def mount_rw_layer_sync(self, container_id: str) -> str: ...
+    def unmount_rw_layer_sync(self, container_id: str) -> None: ...
     async def changes(self, container_id: str) -> list[dict[str, object]]: ...
 
     @property
@@ -775,6 +778,51 @@ class ContainersService:
         if runtime is not None:
             with trio.move_on_after(15):
                 await runtime.exited.wait()
+
+    # -- docker cp ----------------------------------------------------------------------
+
+    async def archive_stat(self, ref: str, path: str) -> str:
+        container = self.store.get(ref)
+        header: str = await self._with_root(
+            container, lambda root: archive.path_stat(root, path, container.Name)
+        )
+        return header
+
+    def archive_reader(self, ref: str, path: str) -> Callable[[BinaryIO], None]:
+        """A function that writes the path as a tar (run it in a thread)."""
+        container = self.store.get(ref)
+
+        def write(out: BinaryIO) -> None:
+            root = Path(self.images.mount_rw_layer_sync(container.Id))
+            try:
+                archive.write_tar(root, path, container.Name, out)
+            finally:
+                self.images.unmount_rw_layer_sync(container.Id)
+
+        return write
+
+    async def archive_write(self, ref: str, path: str, body: AsyncIterable[bytes]) -> None:
+        container = self.store.get(ref)
+        await self._with_root(container, lambda root: archive.resolve(root, path, container.Name))
+
+        def extract(source: BinaryIO) -> None:
+            root = Path(self.images.mount_rw_layer_sync(container.Id))
+            try:
+                archive.extract_into(root, path, container.Name, source)
+            finally:
+                self.images.unmount_rw_layer_sync(container.Id)
+
+        await run_with_input(extract, body)
+
+    async def _with_root(self, container: Container, work: Callable[[Path], Any]) -> Any:
+        def run() -> Any:
+            root = Path(self.images.mount_rw_layer_sync(container.Id))
+            try:
+                return work(root)
+            finally:
+                self.images.unmount_rw_layer_sync(container.Id)
+
+        return await trio.to_thread.run_sync(run)
 
     # -- reads ----------------------------------------------------------------------
 

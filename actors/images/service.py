@@ -182,6 +182,13 @@ class ImagesService:
         finally:
             self.layers.unmount_rw_layer(container_id)
 
+    def mount_rw_layer_sync(self, container_id: str) -> str:
+        """For work already running in a thread (docker cp)."""
+        return str(self.layers.mount_rw_layer(container_id))
+
+    def unmount_rw_layer_sync(self, container_id: str) -> None:
+        self.layers.unmount_rw_layer(container_id)
+
     async def mount_rw_layer(self, container_id: str) -> str:
         return str(await trio.to_thread.run_sync(self.layers.mount_rw_layer, container_id))
 

@@ -162,6 +162,34 @@ async def commit() -> Response:
     return json_response({"Id": image.id}, status=201)
 
 
+def _archive_path() -> str:
+    path = request.args.get("path", "")
+    if not path:
+        raise InvalidParameter("path is required")
+    return path
+
+
+@router.route("/containers/<name>/archive", methods=["HEAD", "GET"])
+async def archive_get(name: str) -> Response:
+    from kernel.threadpipe import stream_output
+
+    service = await containers()
+    path = _archive_path()
+    header = await service.archive_stat(name, path)  # a missing path is a 404 here
+    headers = {"X-Docker-Container-Path-Stat": header}
+    if request.method == "HEAD":
+        return Response(b"", status=200, headers=headers)
+    body = stream_output(service.archive_reader(name, path))
+    return Response(body, status=200, content_type="application/x-tar", headers=headers)
+
+
+@router.route("/containers/<name>/archive", methods=["PUT"])
+async def archive_put(name: str) -> Response:
+    service = await containers()
+    await service.archive_write(name, _archive_path(), request.body)  # type: ignore[arg-type]
+    return Response(b"", status=200)
+
+
 @router.route("/containers/<name>/start", methods=["POST"])
 async def start(name: str) -> Response:
     await (await containers()).start(name)
