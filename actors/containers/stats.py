@@ -111,6 +111,23 @@ def sample(cgroups_path: str) -> dict[str, Any]:
     }
 
 
+_LAST: dict[str, tuple[float, dict[str, Any]]] = {}
+RECENT = 5.0  # seconds a sample may serve as the previous one for `stream=0`
+
+
+def remember(container_id: str, reading: dict[str, Any]) -> None:
+    _LAST[container_id] = (time.monotonic(), reading)
+
+
+def recent(container_id: str) -> dict[str, Any] | None:
+    """The last sample taken for the container, if it is fresh enough to be `precpu`."""
+    taken = _LAST.get(container_id)
+    if taken is None or time.monotonic() - taken[0] > RECENT:
+        _LAST.pop(container_id, None)
+        return None
+    return taken[1]
+
+
 def _host_memory() -> int:
     for line in _read(Path("/proc/meminfo")).splitlines():
         if line.startswith("MemTotal:"):

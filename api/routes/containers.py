@@ -83,8 +83,9 @@ async def top(name: str) -> Response:
 
 @router.route("/containers/<name>/stats", methods=["GET"])
 async def stats(name: str) -> Response:
-    """One sample a second while streaming; `stream=0` waits one interval so that
-    precpu_stats is filled, `one-shot=1` answers at once (moby's semantics)."""
+    """A sample a second while streaming; `stream=0` pairs a fresh sample with the last
+    one taken (or one 0.1 s earlier) instead of dockerd's 1-2 s wait; `one-shot=1` answers
+    at once without precpu (moby's semantics otherwise)."""
     from actors.containers import stats as cgroup_stats
 
     service = await containers()
@@ -96,70 +97,31 @@ async def stats(name: str) -> Response:
     cgroups_path = f"{service.cgroup_parent}/{container.Id}"
 
     def reading(previous: dict[str, Any] | None) -> dict[str, Any]:
-        current = (
-            cgroup_stats.sample(cgroups_path)
-            if container.State.Running
-            else cgroup_stats.empty_sample()
-        )
+        running = container.State.Running
+        current = cgroup_stats.sample(cgroups_path) if running else cgroup_stats.empty_sample()
         current.update(name=container.Name, id=container.Id)
-        if previous is not None:
-            current["preread"] = previous["read"]
-            current["precpu_stats"] = previous["cpu_stats"]
-        else:
-            current["preread"] = "0001-01-01T00:00:00Z"
-            current["precpu_stats"] = {"cpu_usage": {"total_usage": 0}, "throttling_data": {}}
+        current["preread"] = previous["read"] if previous else "0001-01-01T00:00:00Z"
+        current["precpu_stats"] = (
+            previous["cpu_stats"] if previous else {"cpu_usage": {"total_usage": 0}}
+        )
+        if running:
+            cgroup_stats.remember(container.Id, current)
         return current
 
     async def samples() -> AsyncIterator[bytes]:
-        previous = None
+        previous = None if stream or one_shot else cgroup_stats.recent(container.Id)
+        if previous is None and not stream and not one_shot:
+            previous = reading(None)
+            await trio.sleep(0.1)
         while True:
             current = reading(previous)
-            if stream or one_shot or previous is not None:
-                yield json.dumps(current).encode() + b"\n"
-                if not stream:
-                    return
+            yield json.dumps(current).encode() + b"\n"
+            if not stream:
+                return
             previous = current
             await trio.sleep(1)
 
     return Response(samples(), status=200, content_type="application/json")
-
-
-@router.route("/containers/<name>/changes", methods=["GET"])
-async def changes(name: str) -> Response:
-    service = await containers()
-    container = service.store.get(name)
-    return json_response(await service.images.changes(container.Id) or None)
-
-
-@router.route("/containers/<name>/export", methods=["GET"])
-async def export(name: str) -> Response:
-    from kernel.threadpipe import stream_output
-
-    service = await containers()
-    container = service.store.get(name)
-    images = service.images
-    body = stream_output(lambda out: images.export(container.Id, out))  # type: ignore[attr-defined]
-    return Response(body, status=200, content_type="application/x-tar")
-
-
-@router.route("/commit", methods=["POST"])
-async def commit() -> Response:
-    service = await containers()
-    container = service.store.get(request.args.get("container", ""))
-    overrides = await read_json(dict[str, Any])
-    config = {k: v for k, v in container.Config.items() if k != "Image"}
-    config.update(overrides)
-    image = await service.images.commit(  # type: ignore[attr-defined]
-        container.Id,
-        container.Image,
-        config,
-        repo=request.args.get("repo", ""),
-        tag=request.args.get("tag", ""),
-        changes=request.args.getlist("changes"),
-        comment=request.args.get("comment", ""),
-        author=request.args.get("author", ""),
-    )
-    return json_response({"Id": image.id}, status=201)
 
 
 def _archive_path() -> str:
