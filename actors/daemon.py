@@ -77,7 +77,7 @@ class Daemon:
         self.options = options
         self.cfg = cfg
         self.daemon_id = prepare_roots(cfg)
-        self.events = EventsService()
+        self.events = EventsService(journal_file=Path(cfg.data_root) / "events.jsonl")
         self.supervisor: Supervisor | None = None
         self.context = ApiContext(
             events=self.events,
@@ -168,6 +168,7 @@ class Daemon:
         async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
             log.info("Daemon has completed initialization")
+            self.events.publish("daemon", "start", self.daemon_id, {"name": os.uname().nodename})
             notify("READY=1")
 
     def stop(self) -> None:

@@ -6,18 +6,22 @@ matching events from the journal, then follows the topic live.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import trio
 
+from kernel.fsutil import atomic_write
 from kernel.topic import Topic
 
-JOURNAL_SIZE = 256  # what dockerd keeps in memory for `since`
+JOURNAL_SIZE = 10_000  # events kept for `since` (dockerd keeps 256, in memory only)
+log = logging.getLogger("pydockerd.events")
 
 
 class Actor(msgspec.Struct, frozen=True, rename="pascal"):
@@ -41,6 +45,8 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 Filters = Mapping[str, Sequence[str]]
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
 
 
 def _matches_one(values: Sequence[str], *candidates: str) -> bool:
@@ -82,11 +88,50 @@ def matches(event: Event, filters: Filters) -> bool:
 
 
 class EventsService:
-    """The events actor's handle; its state outlives actor restarts."""
+    """The events actor's handle; its state outlives actor restarts.
 
-    def __init__(self, *, journal_size: int = JOURNAL_SIZE) -> None:
+    With a `journal_file`, every event is appended to it as a JSON line, so `--since`
+    still answers after a daemon restart (beyond dockerd, whose 256 events live in
+    memory). The file keeps the last `journal_size` events: past twice that, it is
+    rewritten (atomically) with the newest half.
+    """
+
+    def __init__(
+        self, *, journal_file: Path | None = None, journal_size: int = JOURNAL_SIZE
+    ) -> None:
         self._journal: deque[Event] = deque(maxlen=journal_size)
         self._topic: Topic[Event] = Topic(buffer=1024)
+        self._file = journal_file
+        self._lines = 0
+        if journal_file is not None:
+            self._load(journal_file)
+
+    def _load(self, path: Path) -> None:
+        try:
+            lines = path.read_bytes().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                self._journal.append(_decoder.decode(line))
+            except msgspec.DecodeError:
+                continue  # a torn last line after a crash
+        self._lines = len(lines)
+
+    def _append(self, event: Event) -> None:
+        if self._file is None:
+            return
+        try:
+            if self._lines >= 2 * (self._journal.maxlen or JOURNAL_SIZE):
+                data = b"".join(_encoder.encode(e) + b"\n" for e in self._journal)
+                atomic_write(self._file, data, mode=0o600)
+                self._lines = len(self._journal)
+            else:
+                with open(self._file, "ab") as journal:
+                    journal.write(_encoder.encode(event) + b"\n")
+                self._lines += 1
+        except OSError as exc:  # a full disk must not stop the daemon
+            log.error("cannot write the events journal: %s", exc)
 
     def publish(
         self, kind: str, action: str, actor_id: str, attributes: Mapping[str, str] | None = None
@@ -105,6 +150,7 @@ class EventsService:
             **legacy,
         )
         self._journal.append(event)
+        self._append(event)
         self._topic.publish(event)
         return event
 
@@ -126,7 +172,12 @@ class EventsService:
         """Replay the journal from `since`, then follow live events until `until` (if given)."""
         async with self._topic.subscribe() as live:
             # Subscribed before reading the journal: nothing falls between the two.
-            past = self.history(since_ns=since_ns, until_ns=until_ns, filters=filters)
+            # Without `since` only live events flow, as with dockerd.
+            past = (
+                []
+                if since_ns is None
+                else self.history(since_ns=since_ns, until_ns=until_ns, filters=filters)
+            )
 
             async def events() -> AsyncIterator[Event]:
                 last = past[-1].timeNano if past else -1

@@ -122,6 +122,7 @@ def test_sighup_with_broken_config_changes_nothing(daemon: Daemon) -> None:
 
 
 def test_events_since_until_and_filters(daemon: Daemon) -> None:
+    wait_for(lambda: "Daemon has completed initialization" in daemon.log())  # its start event
     start = time.time()
     daemon.signal(signal.SIGHUP)
     wait_for(lambda: "Reloaded configuration" in daemon.log())
@@ -129,7 +130,7 @@ def test_events_since_until_and_filters(daemon: Daemon) -> None:
     out = daemon.docker(
         "events",
         "--since",
-        f"{start - 1:.0f}",
+        f"{start:.6f}",
         "--until",
         until,
         "--format",
@@ -137,7 +138,7 @@ def test_events_since_until_and_filters(daemon: Daemon) -> None:
     ).stdout.splitlines()
     assert out == ["daemon reload"]
     none = daemon.docker(
-        "events", "--since", f"{start - 1:.0f}", "--until", until, "--filter", "type=container"
+        "events", "--since", f"{start:.6f}", "--until", until, "--filter", "type=container"
     )
     assert none.stdout == ""
     bad = daemon.docker("events", "--filter", "bogus=1", "--until", until, check=False)
@@ -359,3 +360,17 @@ def test_reload_adds_a_tcp_host_and_refuses_bad_tls() -> None:
         finally:
             events.close()
             client.close()
+
+
+def test_events_survive_a_restart() -> None:
+    with running_daemon() as d:
+        since = str(int(time.time()) - 1)
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: "Reloaded configuration" in d.log())
+        assert d.stop() == 0
+        d.start()
+        wait_for(lambda: d.log().count("Daemon has completed initialization") == 2)
+        until = str(int(time.time()) + 1)
+        listing = ["events", "--since", since, "--until", until, "--filter", "type=daemon"]
+        actions = d.docker(*listing, "--format", "{{.Action}}").stdout.split()
+        assert actions == ["start", "reload", "shutdown", "start"]
