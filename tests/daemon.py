@@ -69,6 +69,7 @@ class Daemon:
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.namespace = f"pydtest-{secrets.token_hex(6)}"
+        self.starts = 0
         # Interpreter arguments before `-m kernel.main` (a launcher script, say).
         self.command_prefix: list[str] = []
 
@@ -104,6 +105,7 @@ class Daemon:
     def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
         if not self.config_file.exists():
             self.write_config({})
+        self.starts += 1
         log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
             self.command(),
@@ -125,20 +127,24 @@ class Daemon:
             self.command(), cwd=REPO, capture_output=True, text=True, timeout=timeout
         )
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until every actor has started (the log says so), not just until /_ping answers:
+        tests then see no start-up events or waits."""
         deadline = time.monotonic() + timeout
+        done = "Daemon has completed initialization"
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                reply = unix_request(str(self.sock), b"GET /_ping HTTP/1.0\r\n\r\n", timeout=1)
-                if reply.endswith(b"OK"):
-                    return
-            except OSError:
-                pass
+            if self.log().count(done) >= self.starts:
+                try:
+                    reply = unix_request(str(self.sock), b"GET /_ping HTTP/1.0\r\n\r\n", timeout=1)
+                    if reply.endswith(b"OK"):
+                        return
+                except OSError:
+                    pass
             time.sleep(0.02)
-        raise AssertionError(f"daemon did not answer /_ping in {timeout} s:\n{self.log()}")
+        raise AssertionError(f"daemon did not start in {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         try:

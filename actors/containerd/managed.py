@@ -108,6 +108,8 @@ class ManagedContainerd:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a terminal's ^C is ours to handle
                 preexec_fn=_die_with_parent,
+                # systemd's notify socket is ours: containerd would announce READY=1 too.
+                env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
             )
 
     async def start(self, start_timeout: float = 30.0) -> None:
