@@ -73,6 +73,8 @@ def _install_error_handlers(app: QuartTrio) -> None:
             log.error("Handler for %s %s returned error: %s", request.method, request.path, error)
         else:
             log.debug("Handler for %s %s returned error: %s", request.method, request.path, error)
+        if error.status == 304:  # Not Modified carries no body (HTTP forbids one)
+            return Response(b"", status=304)
         return json_response({"message": error.message}, status=error.status)
 
     @app.errorhandler(HTTPException)

@@ -230,6 +230,8 @@ def test_shutdown_stops_containers(tmp_path: Path) -> None:
 def test_pause_rename_update_restart_prune(daemon: Daemon) -> None:
     daemon.docker("run", "-d", "--name", "p1", "busybox", "sleep", "300")
     try:
+        again = daemon.docker("start", "p1")  # already running: 304, which the CLI accepts
+        assert again.stdout.strip() == "p1"
         daemon.docker("pause", "p1")
         assert daemon.docker("inspect", "-f", "{{.State.Status}}", "p1").stdout.strip() == "paused"
         assert "(Paused)" in daemon.docker("ps", "--format", "{{.Status}}").stdout

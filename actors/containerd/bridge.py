@@ -23,6 +23,7 @@ from actors.containerd.managed import ManagedContainerd
 from actors.containerd.model import RuncOptions, TaskEvent
 from kernel.errors import StartupError, Unavailable
 from kernel.topic import Topic
+from kernel.trionics import collapse
 
 log = logging.getLogger("pydockerd.containerd")
 
@@ -117,15 +118,22 @@ class ContainerdBridge:
             log.info("containerd %s connected on %s", self.version.version, self.socket_path)
             if task_status is not None:
                 task_status.started(self)
-            async with trio.open_nursery() as nursery:
+            try:
+                async with trio.open_nursery() as nursery:
 
-                async def stop_pumping() -> None:
-                    await stopping.wait()
-                    nursery.cancel_scope.cancel()
+                    async def stop_pumping() -> None:
+                        await stopping.wait()
+                        nursery.cancel_scope.cancel()
 
-                nursery.start_soon(stop_pumping)
-                async for event in stream:
-                    self.events.publish(event)
+                    nursery.start_soon(stop_pumping)
+                    async for event in stream:
+                        self.events.publish(event)
+            except BaseExceptionGroup as group:
+                # The pump fails one way at a time: let `run` see that error itself.
+                leaf = collapse(group)
+                if leaf is group:
+                    raise
+                raise leaf from None
 
     async def _restart_managed(self, stopping: trio.Event) -> None:
         assert self.managed is not None

@@ -124,6 +124,44 @@ async def stats(name: str) -> Response:
     return Response(samples(), status=200, content_type="application/json")
 
 
+@router.route("/containers/<name>/changes", methods=["GET"])
+async def changes(name: str) -> Response:
+    service = await containers()
+    container = service.store.get(name)
+    return json_response(await service.images.changes(container.Id) or None)
+
+
+@router.route("/containers/<name>/export", methods=["GET"])
+async def export(name: str) -> Response:
+    from kernel.threadpipe import stream_output
+
+    service = await containers()
+    container = service.store.get(name)
+    images = service.images
+    body = stream_output(lambda out: images.export(container.Id, out))  # type: ignore[attr-defined]
+    return Response(body, status=200, content_type="application/x-tar")
+
+
+@router.route("/commit", methods=["POST"])
+async def commit() -> Response:
+    service = await containers()
+    container = service.store.get(request.args.get("container", ""))
+    overrides = await read_json(dict[str, Any])
+    config = {k: v for k, v in container.Config.items() if k != "Image"}
+    config.update(overrides)
+    image = await service.images.commit(  # type: ignore[attr-defined]
+        container.Id,
+        container.Image,
+        config,
+        repo=request.args.get("repo", ""),
+        tag=request.args.get("tag", ""),
+        changes=request.args.getlist("changes"),
+        comment=request.args.get("comment", ""),
+        author=request.args.get("author", ""),
+    )
+    return json_response({"Id": image.id}, status=201)
+
+
 def _archive_path() -> str:
     path = request.args.get("path", "")
     if not path:
