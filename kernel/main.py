@@ -6,10 +6,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kernel import VERSION, logs
 from kernel.pidfile import PidfileError, remove_pidfile, write_pidfile
 from kernel.trionics import collapse
+
+if TYPE_CHECKING:
+    import config
 
 log = logging.getLogger("pydockerd")
 
@@ -52,7 +56,7 @@ def run(argv: list[str]) -> int:
         remove_pidfile(pidfile)
 
 
-def _serve(options: object, cfg: object) -> int:
+def _serve(options: config.Options, cfg: config.DaemonConfig) -> int:
     import trio
 
     from actors.daemon import Daemon
@@ -60,7 +64,7 @@ def _serve(options: object, cfg: object) -> int:
     from kernel.supervisor import SupervisorGaveUp
 
     try:
-        daemon = Daemon(options, cfg)  # type: ignore[arg-type]
+        daemon = Daemon(options, cfg)
         trio.run(daemon.run)
     except BaseException as exc:  # every failure becomes a log line and exit 1
         cause = collapse(exc)

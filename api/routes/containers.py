@@ -24,6 +24,7 @@ from kernel.errors import DaemonError, InvalidParameter
 
 if TYPE_CHECKING:
     from actors.containers.service import ContainersService
+    from actors.images.service import ImagesService
 
 router = Blueprint("containers", __name__)
 
@@ -137,8 +138,8 @@ async def export(name: str) -> Response:
 
     service = await containers()
     container = service.store.get(name)
-    images = service.images
-    body = stream_output(lambda out: images.export(container.Id, out))  # type: ignore[attr-defined]
+    images: ImagesService = await ctx().actor("images")
+    body = stream_output(lambda out: images.export(container.Id, out))
     return Response(body, status=200, content_type="application/x-tar")
 
 
@@ -149,7 +150,8 @@ async def commit() -> Response:
     overrides = await read_json(dict[str, Any])
     config = {k: v for k, v in container.Config.items() if k != "Image"}
     config.update(overrides)
-    image = await service.images.commit(  # type: ignore[attr-defined]
+    images: ImagesService = await ctx().actor("images")
+    image = await images.commit(
         container.Id,
         container.Image,
         config,
