@@ -74,7 +74,6 @@ class Runtime:
     io: ProcessIO | None = None
     logger: LogWriter | None = None
     exited: trio.Event = field(default_factory=trio.Event)
-    stopping: bool = False
 
 
 class ContainersService:
@@ -907,12 +906,11 @@ class ContainersService:
                 ):
                     return False
             elif key in ("before", "since"):
-                pivot = self.store.get(values[0])
-                pivot_created = pivot.summary()["Created"], pivot.Created
-                mine = summary["Created"], container.Created
-                if key == "before" and not mine < pivot_created:
+                # Created times are fixed-width UTC RFC 3339: string order is time order.
+                pivot = self.store.get(values[0]).Created
+                if key == "before" and not container.Created < pivot:
                     return False
-                if key == "since" and not mine > pivot_created:
+                if key == "since" and not container.Created > pivot:
                     return False
             elif key == "network":
                 networks = summary["NetworkSettings"]["Networks"]

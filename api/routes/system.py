@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -204,8 +205,6 @@ def _warnings(cfg: Any) -> list[str]:
 
 def _open_fds() -> int:
     try:
-        import os
-
         return len(os.listdir("/proc/self/fd"))
     except OSError:
         return 0
