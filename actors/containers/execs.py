@@ -17,6 +17,7 @@ import trio
 from actors.containerd.errors import ContainerdError
 from actors.containers import oci
 from actors.containers.attach import frame
+from actors.containers.spec import all_capabilities
 from actors.containers.stdio import FifoSet, ProcessIO
 from kernel.errors import Conflict, InvalidParameter, NotFound
 
@@ -127,9 +128,7 @@ class ExecStore:
             user={"uid": uid, "gid": gid, "additionalGids": groups},
         )
         if record.privileged:
-            from actors.containers.spec import ALL_CAPABILITIES
-
-            caps = list(ALL_CAPABILITIES)
+            caps = list(all_capabilities())
             process["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps}
         fifos = FifoSet.for_process(
             service.exec_root / "containers" / container.Id, record.id, terminal=record.tty

@@ -27,7 +27,7 @@ from actors.containerd.bridge import ContainerdBridge, Reconnected
 from actors.containerd.errors import ContainerdError
 from actors.containerd.errors import NotFound as TaskNotFound
 from actors.containerd.model import TaskExit, TaskOOM, TaskStatus
-from actors.containers import archive, oci
+from actors.containers import archive, oci, seccomp
 from actors.containers.logfile import LogWriter, parse_size
 from actors.containers.model import Container, State
 from actors.containers.spec import build_spec
@@ -382,6 +382,10 @@ class ContainersService:
                 if runtime.logger is not None:
                     runtime.logger.close()
                 await self.images.unmount_rw_layer(container.Id)
+            if container.HostConfig.get("AutoRemove"):
+                # As dockerd: an --rm container that failed to start goes; `docker run` waits
+                # for its removal. After the lock is released, hence a task.
+                self._spawn(self._auto_remove, container)
             if isinstance(exc, ContainerdError | InvalidParameter):
                 container.State.Error = exc.message
                 container.State.ExitCode = 128
@@ -437,6 +441,13 @@ class ContainersService:
             sysctl=host.get("Sysctls") or {},
         )
         spec["root"]["path"] = str(rootfs)
+        security_opts = host.get("SecurityOpt") or []
+        profile = seccomp.for_container(
+            security_opts, spec["process"]["capabilities"]["bounding"], bool(host.get("Privileged"))
+        )
+        if profile is not None:
+            spec["linux"]["seccomp"] = profile
+        spec["process"]["noNewPrivileges"] = seccomp.no_new_privileges(security_opts)
         return spec
 
     def _namespaces(self, host: dict[str, Any]) -> list[dict[str, str]]:
@@ -504,12 +515,15 @@ class ContainersService:
             except (TaskNotFound, Unavailable):
                 pass
         if container.HostConfig.get("AutoRemove") and not container.State.Running:
-            try:
-                await self.remove(container.Id, force=True, volumes=True)
-            except Exception as exc:
-                log.error("auto-removing %s: %s", container.short_id, exc)
+            await self._auto_remove(container)
             return
         await self._maybe_restart(container)
+
+    async def _auto_remove(self, container: Container) -> None:
+        try:
+            await self.remove(container.Id, force=True, volumes=True)
+        except Exception as exc:
+            log.error("auto-removing %s: %s", container.short_id, exc)
 
     # -- restart policies (the restart manager) -----------------------------------------
 
@@ -1053,6 +1067,7 @@ def validate_host_config(host: dict[str, Any]) -> list[str]:
         raise InvalidParameter("invalid restart policy: maximum retry count cannot be negative")
     if host.get("AutoRemove") and name != "no":
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
+    seccomp.validate_security_opts(host.get("SecurityOpt") or [])
     return warnings
 
 

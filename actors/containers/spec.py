@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 DEFAULT_CAPABILITIES = (
@@ -21,17 +23,33 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-ALL_CAPABILITIES = (
-    "CAP_AUDIT_CONTROL", "CAP_AUDIT_READ", "CAP_AUDIT_WRITE", "CAP_BLOCK_SUSPEND", "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER", "CAP_FSETID", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_KILL", "CAP_LEASE",
-    "CAP_LINUX_IMMUTABLE", "CAP_MAC_ADMIN", "CAP_MAC_OVERRIDE", "CAP_MKNOD", "CAP_NET_ADMIN",
-    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_RAW", "CAP_PERFMON", "CAP_SETFCAP",
-    "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
-    "CAP_SYS_CHROOT", "CAP_SYS_MODULE", "CAP_SYS_NICE", "CAP_SYS_PACCT", "CAP_SYS_PTRACE",
-    "CAP_SYS_RAWIO", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
+# Every capability, in kernel number order (CAP_CHOWN is 0).
+CAPABILITIES_BY_NUMBER = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 )  # fmt: skip
+
+
+@cache
+def all_capabilities() -> tuple[str, ...]:
+    """What `ALL` and --privileged grant: every capability the daemon itself holds.
+
+    runc cannot grant a capability outside its own bounding set (a daemon that runs in a
+    container often lacks some), so asking for it would fail every privileged start.
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+        bounding = int(next(ln for ln in status.splitlines() if ln.startswith("CapBnd:"))[7:], 16)
+    except (OSError, StopIteration, ValueError):
+        return CAPABILITIES_BY_NUMBER
+    return tuple(c for i, c in enumerate(CAPABILITIES_BY_NUMBER) if bounding >> i & 1)
 
 
 def _mount(dest: str, kind: str, source: str, options: Sequence[str]) -> dict[str, Any]:
@@ -72,10 +90,10 @@ def capabilities(cap_add: Sequence[str], cap_drop: Sequence[str], privileged: bo
         return upper if upper.startswith("CAP_") or upper == "ALL" else f"CAP_{upper}"
 
     if privileged:
-        return list(ALL_CAPABILITIES)
+        return list(all_capabilities())
     adds = [norm(c) for c in cap_add]
     drops = [norm(c) for c in cap_drop]
-    base = list(ALL_CAPABILITIES) if "ALL" in adds else list(DEFAULT_CAPABILITIES)
+    base = list(all_capabilities()) if "ALL" in adds else list(DEFAULT_CAPABILITIES)
     if "ALL" in drops:
         base = []
     result = [c for c in base if c not in drops]
