@@ -153,6 +153,7 @@ class Daemon:
                 ],
                 live_restore=lambda: self.cfg.live_restore,
                 shutdown_timeout=lambda: self.cfg.shutdown_timeout,
+                log_defaults=lambda: (self.cfg.log_driver, dict(self.cfg.log_opts)),
             )
             self.images.container_usage = self.containers.image_usage
             self.context.register("containers", self.containers)

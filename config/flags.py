@@ -26,7 +26,7 @@ class Flag(NamedTuple):
     name: str  # the long flag, without dashes
     key: str  # its daemon.json key
     short: str | None
-    kind: str  # bool | str | int | list | ulimit
+    kind: str  # bool | str | int | list | map | ulimit
 
 
 FLAGS: tuple[Flag, ...] = (
@@ -34,6 +34,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("debug", "debug", "-D", "bool"),
     Flag("log-level", "log-level", "-l", "str"),
     Flag("log-format", "log-format", None, "str"),
+    Flag("log-driver", "log-driver", None, "str"),
+    Flag("log-opt", "log-opts", None, "map"),
     Flag("data-root", "data-root", None, "str"),
     Flag("exec-root", "exec-root", None, "str"),
     Flag("pidfile", "pidfile", "-p", "str"),
@@ -94,6 +96,13 @@ def _arg(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"invalid key value pair: {text!r}")
+    return key, value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse would print usage and exit 2
         raise ConfigError(message)
@@ -107,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         "str": {},
         "int": {"type": _arg(go_int)},
         "list": {"action": "append"},
+        "map": {"action": "append", "type": _arg(_key_value)},
         "ulimit": {"action": "append", "type": _arg(parse_ulimit)},
     }
     for flag in FLAGS:
@@ -128,6 +138,9 @@ def parse_args(argv: list[str]) -> Options:
     version = given.pop("version", False)
     validate = given.pop("validate", False)
     flags = dict(given)
+    for flag in FLAGS:  # repeated key=value flags become a map, the last value winning
+        if flag.kind == "map" and flag.key in flags:
+            flags[flag.key] = dict(flags[flag.key])
     if "default-ulimits" in flags:  # the last value per name wins, as in dockerd's map
         flags["default-ulimits"] = {u.name: u for u in flags["default-ulimits"]}
     return Options(

@@ -155,6 +155,8 @@ def _go_flag(key: str, value: Any) -> str:
         return "[" + " ".join(f"{u.name}={u.soft}:{u.hard}" for u in ulimits.values()) + "]"
     if isinstance(value, list):
         return "[" + " ".join(value) + "]"
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{value[k]}" for k in sorted(value)) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

@@ -31,6 +31,8 @@ class DaemonConfig(
     debug: bool = False
     log_level: str = "info"
     log_format: str = "text"
+    log_driver: str = "json-file"
+    log_opts: dict[str, str] = {}
     data_root: str = "/var/lib/pydockerd"
     exec_root: str = "/var/run/pydockerd"
     pidfile: str = "/var/run/pydockerd.pid"

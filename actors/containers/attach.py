@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from actors.containers.logfile import LogEntry, read_entries, read_from
+from actors.containers.logfile import LogEntry, codec_for, read_entries, read_from
 from kernel.errors import Conflict, InvalidParameter
 
 if TYPE_CHECKING:
@@ -86,7 +86,9 @@ async def attach(
         )
         async with stream:
             if options.logs:
-                entries, _ = read_entries(Path(container.LogPath))
+                entries, _ = read_entries(
+                    Path(container.LogPath), codec=codec_for(container.log_driver)
+                )
                 for entry in entries:
                     if entry.stream in wanted:
                         data = entry.log.encode()
@@ -159,8 +161,9 @@ async def log_stream(
     if not stdout and not stderr:
         raise InvalidParameter("Bad parameters: you must choose at least one stream")
     container = service.store.get(ref)
-    if (container.HostConfig.get("LogConfig") or {}).get("Type", "json-file") == "none":
+    if container.log_driver == "none":
         raise InvalidParameter("configured logging driver does not support reading")
+    codec = codec_for(container.log_driver)
     tty = container.tty
     wanted = {name for name, on in (("stdout", stdout), ("stderr", stderr)) if on}
     path = Path(container.LogPath)
@@ -173,20 +176,18 @@ async def log_stream(
 
     async def generate() -> AsyncIterator[bytes]:
         entries, offset = await trio.to_thread.run_sync(
-            lambda: read_entries(path, since_ns=since_ns, until_ns=until_ns, tail=tail)
+            lambda: read_entries(
+                path, codec=codec, since_ns=since_ns, until_ns=until_ns, tail=tail
+            )
         )
         for entry in entries:
             if entry.stream in wanted:
                 yield render(entry)
-        if not follow or (
-            until_ns
-            and until_ns <= trio.current_time() * 0 + until_ns
-            and not container.State.Running
-        ):
+        if not follow or (until_ns and not container.State.Running):
             return
         while True:
             running = container.State.Running
-            more, offset = read_from(path, offset)
+            more, offset = read_from(path, offset, codec=codec)
             for entry in more:
                 if entry.stream in wanted:
                     yield render(entry)

@@ -70,6 +70,10 @@ class Container(msgspec.Struct, kw_only=True):
         return self.Id[:12]
 
     @property
+    def log_driver(self) -> str:
+        return str((self.HostConfig.get("LogConfig") or {}).get("Type") or "json-file")
+
+    @property
     def tty(self) -> bool:
         return bool(self.Config.get("Tty"))
 

@@ -27,8 +27,8 @@ from actors.containerd.bridge import ContainerdBridge, Reconnected
 from actors.containerd.errors import ContainerdError
 from actors.containerd.errors import NotFound as TaskNotFound
 from actors.containerd.model import TaskExit, TaskOOM, TaskStatus
-from actors.containers import archive, oci, seccomp
-from actors.containers.logfile import LogWriter, parse_size
+from actors.containers import archive, logfile, oci, seccomp
+from actors.containers.logfile import LogWriter
 from actors.containers.model import Container, State
 from actors.containers.spec import build_spec
 from actors.containers.stdio import FifoSet, ProcessIO
@@ -89,6 +89,7 @@ class ContainersService:
         default_ulimits: Callable[[], list[dict[str, Any]]] = list,
         live_restore: Callable[[], bool] = lambda: False,
         shutdown_timeout: Callable[[], int] = lambda: 15,
+        log_defaults: Callable[[], tuple[str, dict[str, str]]] = lambda: ("json-file", {}),
     ) -> None:
         self.store = ContainerStore(root)
         self.root = root
@@ -100,6 +101,7 @@ class ContainersService:
         self.default_ulimits = default_ulimits
         self.live_restore = live_restore
         self.shutdown_timeout = shutdown_timeout
+        self.log_defaults = log_defaults
         self._locks: dict[str, trio.Lock] = {}
         self._runtime: dict[str, Runtime] = {}
         self._hubs: dict[str, OutputHub] = {}  # attach may subscribe before the start
@@ -226,9 +228,9 @@ class ContainersService:
 
     async def _copy_output(self, cid: str, runtime: Runtime) -> None:
         hub = self.hub(cid)
-        assert runtime.io is not None and runtime.logger is not None
+        assert runtime.io is not None
         try:
-            await hub.copy(runtime.io, runtime.logger.write)
+            await hub.copy(runtime.io, runtime.logger.write if runtime.logger else None)
         finally:
             if self._hubs.get(cid) is hub:
                 del self._hubs[cid]  # the next run gets a fresh hub
@@ -258,13 +260,12 @@ class ContainersService:
             self.exec_root / "containers" / container.Id, "init", terminal=container.tty
         )
 
-    def _logger(self, container: Container) -> LogWriter:
+    def _logger(self, container: Container) -> LogWriter | None:
         log_config = container.HostConfig.get("LogConfig") or {}
-        options = log_config.get("Config") or {}
-        return LogWriter(
+        return logfile.open_writer(
+            log_config.get("Type") or "json-file",
             Path(container.LogPath),
-            max_size=parse_size(options["max-size"]) if options.get("max-size") else 0,
-            max_file=int(options.get("max-file", "1")),
+            log_config.get("Config") or {},
         )
 
     # -- create ------------------------------------------------------------------
@@ -293,7 +294,7 @@ class ContainersService:
             if (host_config.get("NetworkMode") or "default") == "host":
                 config["Hostname"] = oci.host_hostname()
             host_config.setdefault("NetworkMode", "default")
-            host_config.setdefault("LogConfig", {"Type": "json-file", "Config": {}})
+            self._default_log_config(host_config)
             host_config.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
             await self.images.create_rw_layer(cid, image_id)
             container = Container(
@@ -307,7 +308,7 @@ class ContainersService:
                 Image=image_id,
                 Name=full_name,
                 Driver=self.images.driver_name,
-                LogPath=str(directory / f"{cid}-json.log"),
+                LogPath=logfile.log_path(directory, host_config["LogConfig"]["Type"]),
                 ResolvConfPath=str(directory / "resolv.conf"),
                 HostnamePath=str(directory / "hostname"),
                 HostsPath=str(directory / "hosts"),
@@ -326,6 +327,16 @@ class ContainersService:
             raise
         self._publish(container, "create")
         return cid, warnings
+
+    def _default_log_config(self, host_config: dict[str, Any]) -> None:
+        """The daemon's --log-driver/--log-opt fill in what the request left out (dockerd)."""
+        log_config = host_config.get("LogConfig") or {}
+        kind, options = log_config.get("Type") or "", log_config.get("Config") or {}
+        if not kind:
+            driver, defaults = self.log_defaults()
+            kind, options = driver, {**defaults, **options}
+        logfile.check_log_config(kind, options)
+        host_config["LogConfig"] = {"Type": kind, "Config": options}
 
     def _write_etc_files(self, container: Container) -> None:
         hostname = container.Config.get("Hostname") or container.short_id

@@ -151,7 +151,7 @@ async def info() -> Response:
         "ContainerdCommit": {"ID": ""},
         "RuncCommit": {"ID": ""},
         "InitCommit": {"ID": ""},
-        "SecurityOptions": [],
+        "SecurityOptions": ["name=seccomp,profile=builtin"],
         "Warnings": _warnings(cfg),
         "Containerd": {
             "Address": cfg.containerd or "",
