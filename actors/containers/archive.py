@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import posixpath
 import stat
 import tarfile
 from pathlib import Path
@@ -46,8 +47,12 @@ def go_file_mode(mode: int) -> int:
 
 
 def resolve(root: Path, path: str, container_name: str) -> Path:
+    """`path` inside the root: its directory resolved in scope, its last component kept as
+    is (a symbolic link is copied as a link) unless the path ends in `/` or `/.`, as dockerd."""
+    parent, base = posixpath.split(path)
+    follow = base in ("", ".")
     try:
-        target = scoped_path(root, path)
+        target = scoped_path(root, path) if follow else scoped_path(root, parent) / base
     except LayerError:
         target = Path("/nonexistent")
     if not os.path.lexists(target):
@@ -77,12 +82,28 @@ def write_tar(root: Path, path: str, container_name: str, out: BinaryIO) -> None
         archive.add(target, arcname=name, recursive=True)
 
 
-def extract_into(root: Path, path: str, container_name: str, source: BinaryIO) -> None:
+def extract_into(
+    root: Path,
+    path: str,
+    container_name: str,
+    source: BinaryIO,
+    *,
+    owner: tuple[int, int] | None = None,
+    no_overwrite_dir_non_dir: bool = False,
+) -> None:
     """Unpack a tar into the directory `path` (`docker cp src ctr:/p`)."""
     target = resolve(root, path, container_name)
-    if not target.is_dir():
+    # lstat: a link here would be followed outside the root by the extractor.
+    if not stat.S_ISDIR(os.lstat(target).st_mode):
         raise InvalidParameter("extraction point is not a directory")
     try:
-        extract(source, target, NoWhiteouts(), hashing=False)
+        extract(
+            source,
+            target,
+            NoWhiteouts(),
+            hashing=False,
+            owner=owner,
+            no_overwrite_dir_non_dir=no_overwrite_dir_non_dir,
+        )
     except LayerError as exc:
-        raise InvalidParameter(f"invalid archive: {exc.message}") from None
+        raise InvalidParameter(exc.message) from None

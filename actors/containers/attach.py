@@ -176,9 +176,7 @@ async def log_stream(
 
     async def generate() -> AsyncIterator[bytes]:
         entries, offset = await trio.to_thread.run_sync(
-            lambda: read_entries(
-                path, codec=codec, since_ns=since_ns, until_ns=until_ns, tail=tail
-            )
+            lambda: read_entries(path, codec=codec, since_ns=since_ns, until_ns=until_ns, tail=tail)
         )
         for entry in entries:
             if entry.stream in wanted:

@@ -153,6 +153,7 @@ def codec_for(kind: str) -> Codec:
     driver = DRIVERS.get(kind)
     return driver.codec if driver is not None else JSON_LINES
 
+
 _UNITS = {
     "": 1,
     "b": 1,

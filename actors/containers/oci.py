@@ -9,6 +9,7 @@ from typing import Any
 
 from actors.containers.model import Container
 from actors.containers.spec import DEFAULT_PATH
+from actors.images.tarstream import LayerError, scoped_path
 from kernel.errors import InvalidParameter
 
 DEFAULT_SHM_SIZE = 64 * 1024 * 1024
@@ -40,22 +41,21 @@ def process_env(container: Container, hostname: str) -> list[str]:
     return head + env
 
 
-def _read_lines(path: Path) -> list[list[str]]:
+def _read_lines(rootfs: Path, path: str) -> list[list[str]]:
+    """A colon-separated file of the image, resolved in scope (it may be a link to the
+    host's own /etc/passwd)."""
     try:
-        return [
-            line.split(":")
-            for line in path.read_text().splitlines()
-            if line and not line.startswith("#")
-        ]
-    except OSError:
+        text = scoped_path(rootfs, path).read_text()
+    except (OSError, LayerError):
         return []
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def resolve_user(rootfs: Path, user: str, group_add: list[str]) -> tuple[int, int, list[int]]:
     """`-u` as dockerd resolves it against the image's /etc/passwd and /etc/group."""
     name, _, group = (user or "0").partition(":")
-    passwd = _read_lines(rootfs / "etc/passwd")
-    groups = _read_lines(rootfs / "etc/group")
+    passwd = _read_lines(rootfs, "/etc/passwd")
+    groups = _read_lines(rootfs, "/etc/group")
     uid: int | None = None
     gid = 0
     user_name = ""

@@ -825,14 +825,40 @@ class ContainersService:
 
         return write
 
-    async def archive_write(self, ref: str, path: str, body: AsyncIterable[bytes]) -> None:
+    async def archive_write(
+        self,
+        ref: str,
+        path: str,
+        body: AsyncIterable[bytes],
+        *,
+        copy_uid_gid: bool = False,
+        no_overwrite_dir_non_dir: bool = False,
+    ) -> None:
+        """`docker cp` into the container. Entries keep the tar's owners; with `copyUIDGID`
+        (`cp -a`) they belong to the container's user, as dockerd."""
         container = self.store.get(ref)
-        await self._with_root(container, lambda root: archive.resolve(root, path, container.Name))
+        user = container.Config.get("User") or ""
+
+        def owner_of(root: Path) -> tuple[int, int] | None:
+            archive.resolve(root, path, container.Name)  # a 404 before reading the body
+            if not (copy_uid_gid and user):
+                return None
+            uid, gid, _ = oci.resolve_user(root, user, [])
+            return uid, gid
+
+        owner = await self._with_root(container, owner_of)
 
         def extract(source: BinaryIO) -> None:
             root = Path(self.images.mount_rw_layer_sync(container.Id))
             try:
-                archive.extract_into(root, path, container.Name, source)
+                archive.extract_into(
+                    root,
+                    path,
+                    container.Name,
+                    source,
+                    owner=owner,
+                    no_overwrite_dir_non_dir=no_overwrite_dir_non_dir,
+                )
             finally:
                 self.images.unmount_rw_layer_sync(container.Id)
 

@@ -424,10 +424,31 @@ def _replace(path: str, root: _Root, records: _Records, *, keep_dir: bool = Fals
         os.unlink(path)
 
 
+def _check_kind_change(path: str, rel: str, *, is_dir: bool) -> None:
+    try:
+        was_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if was_dir and not is_dir:
+        raise LayerError(f'cannot overwrite directory "/{rel}" with non-directory')
+    if is_dir and not was_dir:
+        raise LayerError(f'cannot overwrite non-directory "/{rel}" with directory')
+
+
 def extract(
-    source: BinaryIO, target: Path, whiteouts: Whiteouts, *, hashing: bool = True
+    source: BinaryIO,
+    target: Path,
+    whiteouts: Whiteouts,
+    *,
+    hashing: bool = True,
+    owner: tuple[int, int] | None = None,
+    no_overwrite_dir_non_dir: bool = False,
 ) -> Extracted:
-    """Apply one uncompressed layer tar to the directory `target`."""
+    """Apply one uncompressed layer tar to the directory `target`.
+
+    `owner` replaces every entry's uid/gid; `no_overwrite_dir_non_dir` refuses to replace a
+    directory by a non-directory and the reverse (both for `docker cp`).
+    """
     reader = _Reader(source, hashing=hashing)
     root = _Root(target)
     records = _Records(root.root)
@@ -457,6 +478,10 @@ def extract(
             directory = root.directory(parent_rel)
             path = os.path.join(directory, base)
             kind = header.kind
+            if owner is not None:
+                header.uid, header.gid = owner
+            if no_overwrite_dir_non_dir:
+                _check_kind_change(path, rel, is_dir=kind == b"5")
             if kind in (b"0", b"\0", b"7"):
                 _replace(path, root, records)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

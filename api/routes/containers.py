@@ -188,7 +188,13 @@ async def archive_get(name: str) -> Response:
 @router.route("/containers/<name>/archive", methods=["PUT"])
 async def archive_put(name: str) -> Response:
     service = await containers()
-    await service.archive_write(name, _archive_path(), request.body)  # type: ignore[arg-type]
+    await service.archive_write(
+        name,
+        _archive_path(),
+        request.body,  # type: ignore[arg-type]
+        copy_uid_gid=query_bool("copyUIDGID"),
+        no_overwrite_dir_non_dir=query_bool("noOverwriteDirNonDir"),
+    )
     return Response(b"", status=200)
 
 
