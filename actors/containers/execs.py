@@ -1,6 +1,7 @@
 """`docker exec`: extra processes in a running container's task (moby daemon/exec.go).
 
-Exec records live in memory only, as in dockerd: a daemon restart forgets them.
+Exec records live in memory only, as in dockerd: a daemon restart forgets them. Finished
+ones stay inspectable for a while, then the collector drops them (dockerd's execCommandGC).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pydockerd.containers")
 
+EXEC_GC_INTERVAL = 300.0  # seconds, as dockerd: an exec that ended is kept 5 to 10 minutes
+
 
 @dataclass(eq=False)
 class Exec:
@@ -45,6 +48,7 @@ class Exec:
     exit_code: int | None = None
     pid: int = 0
     exited: trio.Event = field(default_factory=trio.Event)
+    can_remove: bool = False  # marked by one collection, dropped by the next
 
     def inspect(self) -> dict[str, Any]:
         return {
@@ -61,7 +65,7 @@ class Exec:
             "OpenStdin": self.attach_stdin,
             "OpenStderr": self.attach_stderr,
             "OpenStdout": self.attach_stdout,
-            "CanRemove": False,
+            "CanRemove": self.can_remove,
             "ContainerID": self.container_id,
             "DetachKeys": self.detach_keys,
             "Pid": self.pid,
@@ -99,6 +103,34 @@ class ExecStore:
         self._execs[record.id] = record
         self.service._publish(container, f"exec_create: {' '.join(cmd)}", {"execID": record.id})
         return record.id
+
+    def ids_of(self, container_id: str) -> list[str]:
+        return [r.id for r in self._execs.values() if r.container_id == container_id]
+
+    def forget_container(self, container_id: str) -> None:
+        for exec_id in self.ids_of(container_id):
+            del self._execs[exec_id]
+
+    def collect(self) -> int:
+        """One GC pass: drop what the previous pass marked, mark what is no longer live
+        (ended, or never started in a container that stopped). Returns how many went."""
+        gone = [r.id for r in self._execs.values() if r.can_remove]
+        for exec_id in gone:
+            del self._execs[exec_id]
+        for record in self._execs.values():
+            container = self.service.store.get_or_none(record.container_id)
+            started = record.running or record.exit_code is not None
+            live = record.running or (
+                not started and container is not None and container.State.Running
+            )
+            record.can_remove = not live
+        return len(gone)
+
+    async def collector(self, interval: float = EXEC_GC_INTERVAL) -> None:
+        while True:
+            await trio.sleep(interval)
+            if removed := self.collect():
+                log.debug("exec GC: removed %d exec(s)", removed)
 
     def get(self, exec_id: str) -> Exec:
         record = self._execs.get(exec_id)

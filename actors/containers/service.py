@@ -127,6 +127,7 @@ class ContainersService:
             self._nursery = nursery
             subscribed = trio.Event()
             nursery.start_soon(self._monitor, subscribed)
+            nursery.start_soon(self.execs.collector)
             await subscribed.wait()
             # The bridge connected before we subscribed: reconcile once now (restore:
             # reattach running tasks, find exits we missed, apply restart policies).
@@ -788,6 +789,7 @@ class ContainersService:
                 self._fifos(container).remove()
                 self.store.remove(container)
             self._locks.pop(container.Id, None)
+            self.execs.forget_container(container.Id)
         self._publish(container, "destroy")
         self._changed_now()
 
@@ -995,7 +997,10 @@ class ContainersService:
         return {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0}
 
     def inspect(self, ref: str) -> dict[str, Any]:
-        return self.store.get(ref).inspect()
+        container = self.store.get(ref)
+        data = container.inspect()
+        data["ExecIDs"] = self.execs.ids_of(container.Id) or None
+        return data
 
     def runtime(self, cid: str) -> Runtime | None:
         return self._runtime.get(cid)
