@@ -508,6 +508,26 @@ def test_commit(daemon: Daemon) -> None:
         daemon.docker("rmi", "snap:v1", check=False)
 
 
+def test_commit_pauses_a_running_container(daemon: Daemon) -> None:
+    daemon.docker("run", "-d", "--name", "live-commit", "busybox", "sleep", "300")
+    try:
+        since = str(int(time.time()))
+        daemon.docker("commit", "live-commit", "snap:paused")
+        daemon.docker("commit", "--pause=false", "live-commit", "snap:unpaused")
+        until = str(int(time.time()) + 1)
+        events = daemon.docker(
+            "events", "--since", since, "--until", until, "--filter", "container=live-commit",
+            "--filter", "event=pause", "--filter", "event=unpause", "--format", "{{.Action}}",
+        ).stdout.split()  # fmt: skip
+        assert events == ["pause", "unpause"]  # only the first commit froze it
+        assert daemon.docker("inspect", "-f", "{{.State.Status}}", "live-commit").stdout == (
+            "running\n"
+        )
+    finally:
+        daemon.docker("rm", "-f", "live-commit")
+        daemon.docker("rmi", "snap:paused", "snap:unpaused", check=False)
+
+
 def test_cp_both_ways(daemon: Daemon, tmp_path: Path) -> None:
     daemon.docker("run", "-d", "--name", "copier", "busybox", "sh", "-c",
                   "mkdir -p /data/sub && echo inside > /data/sub/f && exec sleep 300")  # fmt: skip

@@ -714,6 +714,20 @@ class ContainersService:
             self.store.save(container)
         self._publish(container, "unpause")
 
+    @asynccontextmanager
+    async def paused(self, ref: str, pause: bool = True) -> AsyncIterator[None]:
+        """Freeze a running container for the block (`docker commit`, pause=true by default)."""
+        container = self.store.get(ref)
+        frozen = pause and container.State.Running and not container.State.Paused
+        if frozen:
+            await self.pause(container.Id)
+        try:
+            yield
+        finally:
+            if frozen:
+                with trio.CancelScope(shield=True):
+                    await self.unpause(container.Id)
+
     async def rename(self, ref: str, new_name: str) -> None:
         container = self.store.get(ref)
         async with self._lock(container.Id):

@@ -151,16 +151,17 @@ async def commit() -> Response:
     config = {k: v for k, v in container.Config.items() if k != "Image"}
     config.update(overrides)
     images: ImagesService = await ctx().actor("images")
-    image = await images.commit(
-        container.Id,
-        container.Image,
-        config,
-        repo=request.args.get("repo", ""),
-        tag=request.args.get("tag", ""),
-        changes=request.args.getlist("changes"),
-        comment=request.args.get("comment", ""),
-        author=request.args.get("author", ""),
-    )
+    async with service.paused(container.Id, query_bool("pause", default=True)):
+        image = await images.commit(
+            container.Id,
+            container.Image,
+            config,
+            repo=request.args.get("repo", ""),
+            tag=request.args.get("tag", ""),
+            changes=request.args.getlist("changes"),
+            comment=request.args.get("comment", ""),
+            author=request.args.get("author", ""),
+        )
     return json_response({"Id": image.id}, status=201)
 
 
