@@ -77,7 +77,9 @@ class Daemon:
         self.options = options
         self.cfg = cfg
         self.daemon_id = prepare_roots(cfg)
-        self.events = EventsService(journal_file=Path(cfg.data_root) / "events.jsonl")
+        self.events = EventsService(
+            journal_file=Path(cfg.data_root) / "events.jsonl", journal_size=cfg.events_journal_size
+        )
         self.supervisor: Supervisor | None = None
         self.context = ApiContext(
             events=self.events,
@@ -209,6 +211,7 @@ class Daemon:
             return
         self.cfg = new
         logs.set_level(level=new.log_level, debug=new.debug)
+        self.events.resize(new.events_journal_size)
         await self.api.apply_settings(api_settings(new))
         log.info(
             "Reloaded configuration: applied live: %s; needs a restart: %s",

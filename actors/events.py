@@ -118,6 +118,11 @@ class EventsService:
                 continue  # a torn last line after a crash
         self._lines = len(lines)
 
+    def resize(self, journal_size: int) -> None:
+        """Keep the newest `journal_size` events from now on (a live reload)."""
+        if journal_size != self._journal.maxlen:
+            self._journal = deque(self._journal, maxlen=journal_size)
+
     def _append(self, event: Event) -> None:
         if self._file is None:
             return

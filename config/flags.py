@@ -66,6 +66,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("mtu", "mtu", None, "int"),
     Flag("containerd", "containerd", None, "str"),
     Flag("containerd-namespace", "containerd-namespace", None, "str"),
+    Flag("events-journal-size", "events-journal-size", None, "int"),
 )
 FLAG_BY_KEY = {f.key: f for f in FLAGS}
 

@@ -19,7 +19,7 @@ RELOADABLE = frozenset(
         "max-concurrent-uploads", "insecure-registries", "registry-mirrors", "shutdown-timeout",
         "default-ulimits", "api-cors-header", "authorization-plugins", "cluster-store",
         "cluster-advertise", "hosts", "tls", "tlsverify", "tlscacert", "tlscert", "tlskey",
-        "features",
+        "features", "events-journal-size",
     }
 )  # fmt: skip
 # Accepted in the file though no flag sets them (dockerd: skipValidateOptions).

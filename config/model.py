@@ -64,6 +64,7 @@ class DaemonConfig(
     containerd: str = ""
     containerd_namespace: str = "pydockerd"
     features: dict[str, bool] = {}
+    events_journal_size: int = 10_000  # events kept on disk for `docker events --since`
 
     @property
     def managed_containerd(self) -> bool:

@@ -226,6 +226,8 @@ def _validate(cfg: DaemonConfig) -> None:
         check_label(label)
     if cfg.mtu < 0:
         raise ConfigError(f"invalid default MTU: {cfg.mtu}")
+    if cfg.events_journal_size < 1:
+        raise ConfigError(f"invalid events journal size: {cfg.events_journal_size}")
     if cfg.max_concurrent_downloads < 0:
         raise ConfigError(f"invalid max concurrent downloads: {cfg.max_concurrent_downloads}")
     if cfg.max_concurrent_uploads < 0:

@@ -343,3 +343,39 @@ def test_shipped_files() -> None:
     socket = (CONFIG_DIR / "pydockerd.socket").read_text().splitlines()
     for line in ("ListenStream=/run/pydockerd.sock", "SocketMode=0660", "SocketGroup=docker"):
         assert line in socket
+
+
+def test_reload_table_in_docs_matches_the_code() -> None:
+    """docs/config.md lists every key once, marked live exactly when it reloads live."""
+    from config.load import RELOADABLE
+    from config.model import ATTRS
+
+    table = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
+    documented: dict[str, str] = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[2] in ("live", "restart"):
+            for key in re.findall(r"`([a-z-]+)`", cells[0]):
+                documented[key] = cells[2]
+    assert sorted(documented) == sorted(ATTRS)
+    assert {k for k, how in documented.items() if how == "live"} == set(RELOADABLE)
+
+
+def test_log_opts_and_journal_size_flags(tmp_path: Path) -> None:
+    (tmp_path / "none.json").write_text("{}")
+    options = config.parse_args(
+        ["--log-driver", "local", "--log-opt", "max-size=1m", "--log-opt", "max-file=2",
+         "--events-journal-size", "50", "--config-file", str(tmp_path / "none.json")]
+    )  # fmt: skip
+    cfg = config.load(options)
+    assert (cfg.log_driver, cfg.log_opts, cfg.events_journal_size) == (
+        "local",
+        {"max-size": "1m", "max-file": "2"},
+        50,
+    )
+    with pytest.raises(config.ConfigError, match="invalid key value pair"):
+        config.parse_args(["--log-opt", "nokey"])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"events-journal-size": 0}')
+    with pytest.raises(config.ConfigError, match="invalid events journal size: 0"):
+        config.load(config.parse_args(["--config-file", str(bad)]))

@@ -145,6 +145,27 @@ def test_events_since_until_and_filters(daemon: Daemon) -> None:
     assert bad.returncode != 0 and "invalid filter 'bogus'" in bad.stderr
 
 
+def test_events_journal_size_is_reloadable_and_durable() -> None:
+    with running_daemon(config={"events-journal-size": 5}) as d:
+
+        def journal() -> list[str]:
+            until = str(int(time.time()) + 1)
+            out = d.docker("events", "--since", "0", "--until", until, "--format", "{{.Action}}")
+            return out.stdout.split()
+
+        for n in range(1, 7):
+            d.signal(signal.SIGHUP)
+            wait_for(lambda n=n: d.log().count("Reloaded configuration") == n)  # type: ignore[misc]
+        assert journal() == ["reload"] * 5  # the start event fell out
+        d.write_config({"events-journal-size": 2})
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: "applied live: events-journal-size" in d.log())
+        assert journal() == ["reload", "reload"]
+        d.stop()
+        d.start()
+        assert journal() == ["shutdown", "start"]
+
+
 def test_sigusr1_dumps_actor_tree(daemon: Daemon) -> None:
     daemon.signal(signal.SIGUSR1)
     wait_for(lambda: list(daemon.exec_root.glob("pydockerd-dump-*.log")))
