@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from actors.containerd.bridge import ContainerdBridge
     from actors.containers.service import ContainersService
     from actors.images.service import ImagesService
+    from actors.stats.collector import StatsCollector
 
 log = logging.getLogger("pydockerd.daemon")
 
@@ -91,6 +92,7 @@ class Daemon:
         self.containerd: ContainerdBridge | None = None
         self.images: ImagesService | None = None
         self.containers: ContainersService | None = None
+        self.stats: StatsCollector | None = None
         self._reload_lock = trio.Lock()
 
     def children(self) -> list[ChildSpec]:
@@ -109,6 +111,7 @@ class Daemon:
             ChildSpec(id="containerd", start=self._run_containerd, shutdown=15.0),
             ChildSpec(id="images", start=self._run_images, shutdown=5.0),
             ChildSpec(id="containers", start=self._run_containers, shutdown=30.0),
+            ChildSpec(id="stats", start=self._run_stats, shutdown=1.0),
         ]
 
     async def _run_containerd(self, *, stopping: trio.Event, task_status: Any) -> None:
@@ -161,6 +164,17 @@ class Daemon:
             self.context.register("containers", self.containers)
         assert self.containers is not None
         await self.containers.run(stopping=stopping, task_status=task_status)
+
+    async def _run_stats(self, *, stopping: trio.Event, task_status: Any) -> None:
+        if self.stats is None:
+            assert self.containerd is not None
+            module = await trio.to_thread.run_sync(
+                importlib.import_module, "actors.stats.collector"
+            )
+            self.stats = module.StatsCollector(self.containerd)
+            self.context.register("stats", self.stats)
+        assert self.stats is not None
+        await self.stats.run(stopping=stopping, task_status=task_status)
 
     async def run(self) -> None:
         """Serve until stopped; raise what made the daemon fail."""

@@ -31,6 +31,10 @@ class SupervisorGaveUp(Exception):
     """More than `intensity` restarts happened within `period` seconds."""
 
 
+class InjectedFault(Exception):
+    """A crash asked for by `Supervisor.inject_fault` (fault-isolation tests)."""
+
+
 class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     start: StartFn
@@ -61,6 +65,7 @@ class _Child:
     last_error: str | None = None
     handle: Any = None
     ever_started: bool = False
+    fault: trio.Event = field(default_factory=trio.Event)
 
 
 class Supervisor:
@@ -112,6 +117,14 @@ class Supervisor:
         for child in self._children:
             if child.spec.id == child_id:
                 return child.handle
+        raise KeyError(child_id)
+
+    def inject_fault(self, child_id: str) -> None:
+        """Make a running child crash as if its code had raised: the restart path runs."""
+        for child in self._children:
+            if child.spec.id == child_id and child.state == "running":
+                child.fault.set()
+                return
         raise KeyError(child_id)
 
     def statistics(self) -> list[ChildStatus]:
@@ -179,7 +192,15 @@ class Supervisor:
 
     @staticmethod
     async def _start_child(child: _Child, *, task_status: trio.TaskStatus[Any]) -> None:
-        await child.spec.start(stopping=child.stopping, task_status=task_status)
+        async def crash_on_fault() -> None:
+            await child.fault.wait()
+            child.fault = trio.Event()
+            raise InjectedFault(f"fault injected into actor {child.spec.id}")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(crash_on_fault)
+            await child.spec.start(stopping=child.stopping, task_status=task_status)
+            nursery.cancel_scope.cancel()
 
     def _should_restart(self, spec: ChildSpec, outcome: str) -> bool:
         if spec.restart == "temporary":

@@ -215,12 +215,15 @@ def remove_cgroups(namespace: str) -> None:
 
 @contextmanager
 def running_daemon(
-    *args: str, config: dict[str, Any] | None = None, root: Path | None = None
+    *args: str,
+    config: dict[str, Any] | None = None,
+    root: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Daemon]:
     root = root or short_tempdir()
     daemon = Daemon(root, args, config)
     try:
-        daemon.start()
+        daemon.start(env=env)
         yield daemon
     finally:
         daemon.stop()

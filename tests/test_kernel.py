@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -198,3 +199,29 @@ async def test_slow_subscriber_dropped_publisher_never_blocks() -> None:
                 received.append(item)
         assert received == [0, 1, 2, 3]
     assert topic.subscriber_count == 0
+
+
+async def test_injected_fault_restarts_only_that_actor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    starts = {"a": 0, "b": 0}
+
+    def actor(name: str) -> Callable[..., Awaitable[None]]:
+        async def run(*, stopping: trio.Event, task_status: trio.TaskStatus[Any]) -> None:
+            starts[name] += 1
+            task_status.started(name)
+            await stopping.wait()
+
+        return run
+
+    supervisor = Supervisor([ChildSpec(id=n, start=actor(n)) for n in starts])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        supervisor.inject_fault("b")
+        await trio.sleep(1)
+        status = {c.id: c for c in supervisor.statistics()}
+        assert starts == {"a": 1, "b": 2}
+        assert status["b"].restarts == 1 and status["b"].state == "running"
+        assert status["b"].last_error == "InjectedFault: fault injected into actor b"
+        assert status["a"].restarts == 0
+        supervisor.stop()

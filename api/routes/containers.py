@@ -84,43 +84,38 @@ async def top(name: str) -> Response:
 
 @router.route("/containers/<name>/stats", methods=["GET"])
 async def stats(name: str) -> Response:
-    """A sample a second while streaming; `stream=0` pairs a fresh sample with the last
-    one taken (or one 0.1 s earlier) instead of dockerd's 1-2 s wait; `one-shot=1` answers
-    at once without precpu (moby's semantics otherwise)."""
-    from actors.containers import stats as cgroup_stats
+    """A sample a second from the shared sampler while streaming; `stream=0` pairs a fresh
+    sample with the last one taken (or one 0.1 s earlier) instead of dockerd's 1-2 s wait;
+    `one-shot=1` answers at once without precpu (moby's semantics otherwise)."""
+    from actors.stats import convert
+    from actors.stats.collector import StatsCollector, with_previous
 
-    service = await containers()
-    container = service.store.get(name)
+    container = (await containers()).store.get(name)
     stream = query_bool("stream", True)
     one_shot = query_bool("one-shot")
     if stream and one_shot:
         raise InvalidParameter("cannot have stream=true and one-shot=true")
-    cgroups_path = f"{service.cgroup_parent}/{container.Id}"
+    collector: StatsCollector = await ctx().actor("stats")
+    cid, pid = container.Id, container.State.Pid
 
-    def reading(previous: dict[str, Any] | None) -> dict[str, Any]:
-        running = container.State.Running
-        current = cgroup_stats.sample(cgroups_path) if running else cgroup_stats.empty_sample()
-        current.update(name=container.Name, id=container.Id)
-        current["preread"] = previous["read"] if previous else "0001-01-01T00:00:00Z"
-        current["precpu_stats"] = (
-            previous["cpu_stats"] if previous else {"cpu_usage": {"total_usage": 0}}
-        )
-        if running:
-            cgroup_stats.remember(container.Id, current)
-        return current
+    def encode(reading: dict[str, Any]) -> bytes:
+        return json.dumps({**reading, "name": container.Name, "id": cid}).encode() + b"\n"
+
+    if not container.State.Running:
+        return Response(encode(with_previous(convert.empty_sample(), None)), status=200,
+                        content_type="application/json")  # fmt: skip
+    if not stream:
+        previous = None if one_shot else collector.previous(cid)
+        if previous is None and not one_shot:
+            previous = await collector.take(cid, pid)
+            await trio.sleep(0.1)
+        current = with_previous(await collector.take(cid, pid), previous)
+        return Response(encode(current), status=200, content_type="application/json")
 
     async def samples() -> AsyncIterator[bytes]:
-        previous = None if stream or one_shot else cgroup_stats.recent(container.Id)
-        if previous is None and not stream and not one_shot:
-            previous = reading(None)
-            await trio.sleep(0.1)
-        while True:
-            current = reading(previous)
-            yield json.dumps(current).encode() + b"\n"
-            if not stream:
-                return
-            previous = current
-            await trio.sleep(1)
+        async with collector.subscribe(cid, pid) as subscription:
+            async for reading in subscription:
+                yield encode(reading)
 
     return Response(samples(), status=200, content_type="application/json")
 

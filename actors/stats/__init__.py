@@ -1,0 +1,1 @@
+"""The stats collector actor: shared per-container samplers for `docker stats`."""
