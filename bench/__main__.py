@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import bridge, containers, images
+from bench import bridge, containers, images, restore
 from bench.engines import dockerd_available, start_engine
 from bench.ping import ping_throughput
 
@@ -54,6 +54,18 @@ def measure_containers(name: str) -> dict[str, float]:
         return containers.measure(engine)
 
 
+def restore_rows() -> list[Row]:
+    rows: list[Row] = []
+    for count in restore.STOPPED_COUNTS:
+        rows.append((f"first /_ping, {count} stopped on disk (s)", f"ping_{count}_s",
+                     "goal < 0.25 s, ahead of dockerd"))  # fmt: skip
+        rows.append((f"  all {count} listed (s)", f"restored_{count}_s", "goal <= dockerd"))
+    for count in restore.RUNNING_COUNTS:
+        rows.append((f"{count} live-restored all running (s)", f"live_{count}_s",
+                     "goal <= dockerd"))  # fmt: skip
+    return rows
+
+
 def measure_bridge(name: str) -> dict[str, float]:
     return bridge.measure() if name == "pydockerd" else {}
 
@@ -85,10 +97,18 @@ GROUPS: dict[str, tuple[Callable[[str], dict[str, float]], list[Row]]] = {
             ("GET /containers/json, 200, 8 thr (req/s)", "list_rps", "goal >= dockerd"),
             ("daemon CPU per list request (ms)", "list_cpu_ms", "goal <= dockerd"),
             ("GET /containers/{id}/json (ms, median)", "inspect_ms", "goal <= dockerd"),
+            ("docker exec c true (s, median of 10)", "exec_s", "goal <= dockerd"),
+            (
+                "  containerd floor: ctr task exec (s)",
+                "ctr_exec_floor_s",
+                "floor for the row above",
+            ),
+            ("GET /containers/{id}/stats?stream=0 (s)", "stats_s", "goal < dockerd (1-2 s)"),
             ("idle RSS, 0 containers (MB)", "rss_idle_mb", "goal <= dockerd"),
             ("RSS, 50 running containers (MB)", "rss_50_mb", "goal <= dockerd"),
         ],
     ),
+    "restore": (restore.measure, restore_rows()),
     "bridge": (
         measure_bridge,
         [

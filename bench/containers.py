@@ -182,6 +182,23 @@ def ctr_floor(engine: Engine, runs: int = 10) -> float:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def ctr_exec_floor(engine: Engine, cid: str, runs: int = 10) -> float:
+    """Median seconds of `ctr task exec ... true` into the same running container."""
+    sock = str(engine.root / "exec" / "containerd" / "containerd.sock")
+    ctr = shutil.which("ctr") or "/usr/bin/ctr"
+    times = []
+    for n in range(runs):
+        argv = [ctr, "-a", sock, "-n", "pydockerd", "task", "exec", "--exec-id", f"floor{n}",
+                cid, "true"]  # fmt: skip
+        start = time.perf_counter()
+        result = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+        if result.returncode != 0:
+            print(f"ctr exec floor failed: {result.stderr.decode(errors='replace').strip()}")
+            return NAN
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def measure(engine: Engine) -> dict[str, float]:
     data, _ = archive_bytes()
     client = api(engine)
@@ -233,7 +250,24 @@ def measure(engine: Engine) -> dict[str, float]:
         conn.close()
         remove_all(engine)
 
-        # (f) memory with 50 running containers
+        # (f) docker exec latency, and the stats endpoint with stream=0
+        no_network = client.create_host_config(network_mode="none")
+        cid = client.create_container(IMAGE, ["sleep", "1000"], host_config=no_network)["Id"]
+        client.start(cid)
+        cli(engine, "exec", cid, "true")  # warm up
+        out["exec_s"] = statistics.median(
+            timed(lambda: cli(engine, "exec", cid, "true")) for _ in range(10)
+        )
+        conn = UnixHTTPConnection(engine.sock)
+        stats_url = f"/containers/{cid}/stats?stream=0"
+        conn.get(stats_url)
+        out["stats_s"] = statistics.median(timed(lambda: conn.get(stats_url)) for _ in range(5))
+        conn.close()
+        if engine.name == "pydockerd":
+            out["ctr_exec_floor_s"] = ctr_exec_floor(engine, cid)
+        remove_all(engine)
+
+        # (g) memory with 50 running containers
         create_many(engine, 50, ["sleep", "1000"], start=True)
         time.sleep(1)
         out["rss_50_mb"] = rss_mb(engine.proc.pid)

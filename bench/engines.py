@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +65,11 @@ def dockerd_available() -> bool:
 
 
 @contextmanager
-def start_engine(name: str, root: Path | None = None) -> Iterator[tuple[Engine, float]]:
-    """Start `pydockerd` or `dockerd` on temporary roots; yield it and its time to first ping."""
+def start_engine(
+    name: str, root: Path | None = None, *, extra: Sequence[str] = (), keep_root: bool = False
+) -> Iterator[tuple[Engine, float]]:
+    """Start `pydockerd` or `dockerd` on temporary roots; yield it and its time to first ping.
+    With `keep_root` the roots stay for the next start (restore benchmarks)."""
     root = root or Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir="/tmp"))
     sock = str(root / "engine.sock")
     common = [
@@ -76,6 +79,7 @@ def start_engine(name: str, root: Path | None = None) -> Iterator[tuple[Engine, 
         "-H", f"unix://{sock}",
         "--iptables=false",
         "--ip-masq=false",
+        *extra,
     ]  # fmt: skip
     if name == "pydockerd":
         argv = [sys.executable, "-m", "kernel.main", *common, "--config-file", str(root / "x.json")]
@@ -97,5 +101,10 @@ def start_engine(name: str, root: Path | None = None) -> Iterator[tuple[Engine, 
                 proc.kill()
                 proc.wait()
         log.close()
-        subprocess.run(["umount", "-R", str(root)], capture_output=True, check=False)
-        shutil.rmtree(root, ignore_errors=True)
+        if not keep_root:
+            remove_root(root)
+
+
+def remove_root(root: Path) -> None:
+    subprocess.run(["umount", "-R", str(root)], capture_output=True, check=False)
+    shutil.rmtree(root, ignore_errors=True)
