@@ -350,16 +350,22 @@ def test_live_restore_across_kill_9(tmp_path: Path) -> None:
     with running_daemon("--live-restore") as d:
         try:
             d.docker("load", "-i", str(archive))
+            for n in range(19):
+                d.docker("run", "-d", "--name", f"sleeper{n}", "busybox", "sleep", "300")
             d.docker("run", "-d", "--name", "keeper", "busybox", "sh", "-c",
                      "echo before; sleep 2; echo during; exec sleep 300")  # fmt: skip
-            pid = json.loads(d.docker("inspect", "keeper").stdout)[0]["State"]["Pid"]
+            pids = d.docker("inspect", "--format", "{{.Name}} {{.State.Pid}}",
+                            *[f"sleeper{n}" for n in range(19)], "keeper").stdout  # fmt: skip
+            pid = int(pids.split()[-1])
             assert d.proc is not None
             d.proc.kill()  # kill -9: no shutdown at all
             d.proc.wait()
             time.sleep(3)  # "during" is written while no daemon runs
             d.start()
-            state = json.loads(d.docker("inspect", "keeper").stdout)[0]["State"]
-            assert state["Running"] and state["Pid"] == pid
+            after = d.docker("inspect", "--format", "{{.Name}} {{.State.Pid}}",
+                             *[f"sleeper{n}" for n in range(19)], "keeper").stdout  # fmt: skip
+            assert after == pids  # all 20 running, with the same processes
+            assert len(d.docker("ps", "-q").stdout.split()) == 20
             deadline = time.monotonic() + 10
             while "during" not in d.docker("logs", "keeper").stdout and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -368,7 +374,8 @@ def test_live_restore_across_kill_9(tmp_path: Path) -> None:
             d.docker("stop", "-t", "1", "keeper")
             assert not Path(f"/proc/{pid}").exists()
         finally:
-            d.docker("rm", "-f", "keeper", check=False)
+            names = [f"sleeper{n}" for n in range(19)]
+            d.docker("rm", "-f", "keeper", *names, check=False)
 
 
 def test_restart_always_comes_back_after_daemon_restart(tmp_path: Path) -> None:
@@ -381,18 +388,31 @@ def test_restart_always_comes_back_after_daemon_restart(tmp_path: Path) -> None:
             )
             d.docker("run", "-d", "--name", "unless", "--restart", "unless-stopped",
                      "busybox", "sleep", "300")  # fmt: skip
+            d.docker("run", "-d", "--name", "parent", "--restart", "always",
+                     "--link", "always:child", "busybox", "sleep", "300")  # fmt: skip
             d.docker("stop", "-t", "0", "unless")  # stopped by the user: stays down
             assert d.stop() == 0  # shutdown stops "always", but not as a user stop
             d.start()
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
-                running = d.docker("ps", "--format", "{{.Names}}").stdout.split()
-                if running == ["always"]:
+                running = sorted(d.docker("ps", "--format", "{{.Names}}").stdout.split())
+                if running == ["always", "parent"]:
                     break
                 time.sleep(0.2)
-            assert running == ["always"]
+            assert running == ["always", "parent"]
+            # Children first: the linked-to container started before the one linking to it.
+            started = d.docker(
+                "inspect", "--format", "{{.State.StartedAt}}", "always", "parent"
+            ).stdout.split()
+            assert started[0] <= started[1]
+            client = d.client()
+            try:
+                restore = client.info()["Restore"]
+            finally:
+                client.close()
+            assert restore == {"Containers": 2, "Restored": 2, "Done": True}
         finally:
-            d.docker("rm", "-f", "always", "unless", check=False)
+            d.docker("rm", "-f", "always", "unless", "parent", check=False)
 
 
 def test_torn_removal_comes_back_dead(tmp_path: Path) -> None:

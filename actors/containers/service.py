@@ -43,6 +43,7 @@ from kernel.threadpipe import run_with_input
 log = logging.getLogger("pydockerd.containers")
 
 DEFAULT_STOP_TIMEOUT = 10
+LINK_WAIT = 5.0  # seconds a restored container waits for the ones it links to
 RESTART_BACKOFF = 0.1
 MIN_MEMORY = 6 * 1024 * 1024
 
@@ -109,6 +110,8 @@ class ContainersService:
         self._backoff: dict[str, float] = {}  # the next restart delay per container
         self._stopping = False
         self._policies_applied = False
+        self._restoring: dict[str, trio.Event] = {}
+        self._restore_total = 0
         self._changed = trio.Event()  # set on every state change (waiters re-check)
         self._nursery: trio.Nursery | None = None
         self._loaded = False
@@ -123,6 +126,13 @@ class ContainersService:
             self.root.mkdir(parents=True, exist_ok=True)
             self.store.load_all()
             self._loaded = True
+            # The containers restore will touch: requests for them wait for theirs only.
+            self._restoring = {
+                c.Id: trio.Event()
+                for c in self.store
+                if c.State.Running or self._should_restart(c, daemon_start=True)
+            }
+            self._restore_total = len(self._restoring)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             subscribed = trio.Event()
@@ -194,16 +204,21 @@ class ContainersService:
                 continue
             task = tasks.get(container.Id)
             if task is None:  # it exited while nobody watched (dockerd reports 255)
+                self._restored(container.Id)
                 async with self._lock(container.Id):
                     self._finish_exit(container, 255, "")
                 self._spawn(self._after_exit, container)
             elif task.status == TaskStatus.STOPPED:
+                self._restored(container.Id)
                 self._spawn(self._handle_exit, container.Id)
             elif container.Id not in self._runtime:
                 self._reattach(container, task.status == TaskStatus.PAUSED)
+                self._restored(container.Id)
         if not self._policies_applied:
-            self._policies_applied = True
             await self._start_by_policy()
+            self._policies_applied = True
+            for cid in list(self._restoring):
+                self._restored(cid)  # neither running nor to be started after all
 
     def _reattach(self, container: Container, paused: bool) -> None:
         """A task that outlived us (daemon restart): reopen its FIFOs and go on logging."""
@@ -238,11 +253,31 @@ class ContainersService:
 
     # -- helpers -----------------------------------------------------------------
 
+    async def _settled(self, cid: str) -> None:
+        """Wait until the restore is done with this container (if it is not yet)."""
+        restoring = self._restoring.get(cid)
+        if restoring is not None:
+            await restoring.wait()
+
     @asynccontextmanager
     async def _lock(self, cid: str) -> AsyncIterator[None]:
+        await self._settled(cid)
         lock = self._locks.setdefault(cid, trio.Lock())
         async with lock:
             yield
+
+    def _restored(self, cid: str) -> None:
+        """The restore is done with this container: let its waiting requests in."""
+        event = self._restoring.pop(cid, None)
+        if event is not None:
+            event.set()
+
+    def restore_progress(self) -> dict[str, Any]:
+        return {
+            "Containers": self._restore_total,
+            "Restored": self._restore_total - len(self._restoring),
+            "Done": self._policies_applied and not self._restoring,
+        }
 
     def _publish(
         self, container: Container, action: str, extra: dict[str, str] | None = None
@@ -585,20 +620,44 @@ class ContainersService:
         self._publish(container, "restart")
 
     async def _start_by_policy(self) -> None:
-        """At daemon start: bring back the containers whose policy says they should run."""
-        for container in self.store:
-            if self._should_restart(container, daemon_start=True):
-                try:
-                    async with self._lock(container.Id):
-                        await self._start_locked(container)
-                except Exception as exc:
-                    log.error("starting %s by its restart policy: %s", container.short_id, exc)
+        """At daemon start: bring back, all at once, the containers whose policy says they
+        should run. One that links to others waits for them first, 5 s at most (dockerd)."""
+        chosen = [c for c in self.store if self._should_restart(c, daemon_start=True)]
+        started = {c.Id: trio.Event() for c in chosen}
+
+        async def start(container: Container) -> None:
+            with trio.move_on_after(LINK_WAIT):
+                for child in self._linked(container):
+                    if child in started:
+                        await started[child].wait()
+            self._restored(container.Id)
+            try:
+                async with self._lock(container.Id):
+                    await self._start_locked(container)
+            except Exception as exc:
+                log.error("starting %s by its restart policy: %s", container.short_id, exc)
+            finally:
+                started[container.Id].set()
+
+        async with trio.open_nursery() as nursery:
+            for container in chosen:
+                nursery.start_soon(start, container)
+
+    def _linked(self, container: Container) -> list[str]:
+        """IDs of the containers `--link` names (`name:alias` or dockerd's `/name:/x/alias`)."""
+        ids = []
+        for link in container.HostConfig.get("Links") or []:
+            child = self._find(link.split(":")[0].lstrip("/"))
+            if child is not None:
+                ids.append(child.Id)
+        return ids
 
     # -- stop, kill, wait ---------------------------------------------------------
 
     async def kill(self, ref: str, signal: str) -> None:
         container = self.store.get(ref)
         signum = parse_signal(signal or "KILL")
+        await self._settled(container.Id)
         if not container.State.Running:
             raise Conflict(f"Cannot kill container: {ref}: Container {container.Id} is not running")
         client = await self.bridge.wait_client()
@@ -609,6 +668,7 @@ class ContainersService:
         self, ref: str, stop_timeout: int | None, signal: str = "", *, manual: bool = True
     ) -> None:
         container = self.store.get(ref)
+        await self._settled(container.Id)
         if not container.State.Running:
             if container.State.Restarting:  # cancels the pending restart
                 container.HasBeenManuallyStopped = manual
@@ -1028,6 +1088,7 @@ class ContainersService:
             "ContainersRunning": running,
             "ContainersPaused": paused,
             "ContainersStopped": len(states) - running - paused,
+            "Restore": self.restore_progress(),
         }
 
 
