@@ -47,6 +47,7 @@ class Exec:
     running: bool = False
     exit_code: int | None = None
     pid: int = 0
+    started: trio.Event = field(default_factory=trio.Event)
     exited: trio.Event = field(default_factory=trio.Event)
     can_remove: bool = False  # marked by one collection, dropped by the next
 
@@ -184,6 +185,7 @@ class ExecStore:
             raise Conflict(f"OCI runtime exec failed: {exc.message}") from None
         io.release_holds()
         record.running = True
+        record.started.set()
         service._publish(container, f"exec_start: {' '.join(record.cmd)}", {"execID": record.id})
         assert service._nursery is not None
         service._nursery.start_soon(self._reap, record)
@@ -260,6 +262,12 @@ class ExecStore:
             self.service._publish(container, "exec_die", attributes)
 
     async def resize(self, exec_id: str, height: int, width: int) -> None:
+        """As dockerd: wait (10 s at most) for the process, which the CLI resizes right after
+        asking for the start; a size given before it runs would be lost."""
         record = self.get(exec_id)
+        with trio.move_on_after(10):
+            await record.started.wait()
+        if not record.started.is_set():
+            raise Conflict("timeout waiting for exec session ready")
         client = await self.service.bridge.wait_client()
         await client.resize_pty(record.container_id, width, height, exec_id=record.id)

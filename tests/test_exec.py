@@ -1,7 +1,16 @@
-"""The exec store: records listed by the container, dropped with it and by the collector."""
+"""`docker exec` beyond the basics: a pseudo-terminal that resizes, and the exec store
+(records listed by the container, dropped with it and by the collector)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import select
+import signal
+import struct
+import termios
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -20,6 +29,61 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     with running_daemon() as d:
         d.docker("load", "-i", str(archive))
         yield d
+
+
+class Terminal:
+    """The docker CLI on the child side of a real pseudo-terminal."""
+
+    def __init__(self, daemon: Daemon, *argv: str, rows: int = 24, cols: int = 80) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the size is set before the CLI starts and reads it
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            os.environ.update(daemon.env())
+            os.execvp("docker", ["docker", *argv])
+        self.seen = b""
+
+    def resize(self, rows: int, cols: int) -> None:
+        """As a terminal emulator does: the new size, then SIGWINCH to the CLI."""
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        os.kill(self.pid, signal.SIGWINCH)
+
+    def expect(self, pattern: bytes, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while pattern not in self.seen:
+            assert time.monotonic() < deadline, f"no {pattern!r} in {self.seen!r}"
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if ready:
+                self.seen += os.read(self.fd, 4096)
+
+    def send(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def close(self) -> int:
+        _, status = os.waitpid(self.pid, 0)
+        os.close(self.fd)
+        return os.waitstatus_to_exitcode(status)
+
+
+def test_exec_it_prompt_command_and_resize(daemon: Daemon) -> None:
+    daemon.docker("run", "-d", "--name", "shellbox", "busybox", "sleep", "300")
+    term = Terminal(daemon, "exec", "-it", "shellbox", "sh", rows=30, cols=100)
+    try:
+        term.expect(b"# ")  # the shell's prompt, through the TTY
+        term.send(b"echo $((6*7)); stty size\r")
+        term.expect(b"42")
+        term.expect(b"30 100")
+        term.resize(40, 120)
+        time.sleep(0.5)  # the CLI forwards SIGWINCH as a resize request
+        term.send(b"stty size\r")
+        term.expect(b"40 120")
+        term.send(b"exit 3\r")
+        assert term.close() == 3
+    finally:
+        try:
+            os.kill(term.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        daemon.docker("rm", "-f", "shellbox")
 
 
 def test_exec_ids_follow_the_container(daemon: Daemon) -> None:
