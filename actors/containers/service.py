@@ -108,6 +108,7 @@ class ContainersService:
         self._hubs: dict[str, OutputHub] = {}  # attach may subscribe before the start
         self._exits: dict[str, int] = {}  # exits seen per container, for `wait`
         self._backoff: dict[str, float] = {}  # the next restart delay per container
+        self._restart_waits: set[str] = set()  # containers whose restart delay is running
         self._stopping = False
         self._policies_applied = False
         self._restoring: dict[str, trio.Event] = {}
@@ -133,23 +134,40 @@ class ContainersService:
                 if c.State.Running or self._should_restart(c, daemon_start=True)
             }
             self._restore_total = len(self._restoring)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            subscribed = trio.Event()
-            nursery.start_soon(self._monitor, subscribed)
-            nursery.start_soon(self.execs.collector)
-            await subscribed.wait()
-            # The bridge connected before we subscribed: reconcile once now (restore:
-            # reattach running tasks, find exits we missed, apply restart policies).
-            nursery.start_soon(self._reconcile)
-            task_status.started(self)
-            await stopping.wait()
-            self._stopping = True
-            if not self.live_restore():
-                with trio.move_on_after(self.shutdown_timeout() + 5):
-                    await self._stop_all()
-            nursery.cancel_scope.cancel()
-        self._nursery = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                subscribed = trio.Event()
+                nursery.start_soon(self._monitor, subscribed)
+                nursery.start_soon(self.execs.collector)
+                await subscribed.wait()
+                # The bridge connected before we subscribed: reconcile once now (restore:
+                # reattach running tasks, find exits we missed, apply restart policies).
+                nursery.start_soon(self._reconcile)
+                task_status.started(self)
+                await stopping.wait()
+                self._stopping = True
+                if not self.live_restore():
+                    with trio.move_on_after(self.shutdown_timeout() + 5):
+                        await self._stop_all()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self._detach_all()
+
+    async def _detach_all(self) -> None:
+        """Let go of every running container's stdio (the copy tasks died with the nursery).
+        After a crash, the restarted actor's reconcile reattaches them like a daemon restart."""
+        runtimes, self._runtime = self._runtime, {}
+        for runtime in runtimes.values():
+            if runtime.logger is not None:
+                runtime.logger.close()
+            if runtime.io is not None:
+                await runtime.io.aclose()
+        for hub in self._hubs.values():
+            hub.topic.close()
+        self._hubs.clear()
 
     async def _stop_all(self) -> None:
         """Daemon shutdown without live-restore: stop every container, all at once."""
@@ -200,6 +218,12 @@ class ContainersService:
         client = await self.bridge.wait_client()
         tasks = {t.container_id: t for t in await client.list_tasks()}
         for container in self.store:
+            if (
+                self._policies_applied  # (at load, the policy starts below cover it)
+                and container.State.Restarting
+                and container.Id not in self._restart_waits
+            ):
+                self._spawn(self._maybe_restart, container)  # its wait died with a crash
             if not container.State.Running:
                 continue
             task = tasks.get(container.Id)
@@ -602,7 +626,11 @@ class ContainersService:
         self._backoff[container.Id] = delay
         container.State.Restarting, container.State.Status = True, "restarting"
         self.store.save(container)
-        await trio.sleep(delay)
+        self._restart_waits.add(container.Id)
+        try:
+            await trio.sleep(delay)
+        finally:
+            self._restart_waits.discard(container.Id)
         async with self._lock(container.Id):
             container.State.Restarting = False
             if not self._should_restart(container):
