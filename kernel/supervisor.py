@@ -51,6 +51,8 @@ class ChildStatus(msgspec.Struct, frozen=True, kw_only=True):
     state: str
     restarts: int
     last_error: str | None
+    # What the actor's handle reports about its load (`statistics()`), if it does.
+    detail: dict[str, Any] | None = None
 
 
 @dataclass(eq=False)
@@ -129,7 +131,13 @@ class Supervisor:
 
     def statistics(self) -> list[ChildStatus]:
         return [
-            ChildStatus(id=c.spec.id, state=c.state, restarts=c.restarts, last_error=c.last_error)
+            ChildStatus(
+                id=c.spec.id,
+                state=c.state,
+                restarts=c.restarts,
+                last_error=c.last_error,
+                detail=_detail(c.handle),
+            )
             for c in self._children
         ]
 
@@ -232,3 +240,11 @@ class Supervisor:
                     await child.done.wait()
             if child.state == "stopping":
                 child.state = "stopped"
+
+
+def _detail(handle: Any) -> dict[str, Any] | None:
+    report = getattr(handle, "statistics", None)
+    if not callable(report):
+        return None
+    detail = report()
+    return dict(detail) if isinstance(detail, dict) else None

@@ -58,6 +58,8 @@ def test_a_crashed_stats_actor_restarts_alone(daemon: Daemon) -> None:
             assert daemon.docker("ps", "--format", "{{.Names}}").stdout.split() == ["watched"]
         after = wait_restarted(daemon, "stats", before["stats"]["restarts"] + 1)
         assert "InjectedFault" in after["stats"]["last_error"]
+        assert after["containers"]["detail"]["attached"] == 1
+        assert after["stats"]["detail"] == {"samplers": 0, "subscribers": 0}
         assert all(after[a]["restarts"] == before[a]["restarts"] for a in after if a != "stats")
         client = daemon.client()
         try:

@@ -296,6 +296,18 @@ class ContainersService:
         if event is not None:
             event.set()
 
+    def statistics(self) -> dict[str, int]:
+        """Load figures for /debug/actors (requests hold per-container locks, not a queue)."""
+        return {
+            "containers": len(self.store.summaries()),
+            "attached": len(self._runtime),
+            "restoring": len(self._restoring),
+            "waiting_for_locks": sum(
+                lock.statistics().tasks_waiting for lock in self._locks.values()
+            ),
+            "pending_restarts": len(self._restart_waits),
+        }
+
     def restore_progress(self) -> dict[str, Any]:
         return {
             "Containers": self._restore_total,
