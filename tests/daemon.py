@@ -243,3 +243,15 @@ def run_pydockerd(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def wait_child(pid: int, timeout: float = 20.0) -> int:
+    """A forked child's exit code; a child that hangs fails the test instead of the run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} still runs after {timeout:g} s")
+        time.sleep(0.05)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon, running_daemon
+from tests.daemon import Daemon, running_daemon, wait_child
 from tests.fixtures.busybox import busybox_archive
 
 
@@ -62,9 +62,14 @@ def test_run_interactive_tty(daemon: Daemon) -> None:
                 os.write(fd, b"echo $((6*7))\r")
                 sent = True
         assert b"42" in seen.replace(b"6*7", b""), seen
+        # ctrl-d only once the shell reads its next line: typed while the command runs, the
+        # terminal (cooked again meanwhile) would swallow it as an EOF for nobody.
+        while time.monotonic() < deadline and b"# " not in seen.rsplit(b"42", 1)[1]:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                seen += os.read(fd, 4096)
         os.write(fd, b"\x04")  # ctrl-d ends the shell, and so the container
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert wait_child(pid) == 0
     finally:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -19,7 +19,7 @@ import docker
 import pytest
 
 from actors.containers.execs import Exec, ExecStore
-from tests.daemon import Daemon, running_daemon
+from tests.daemon import Daemon, running_daemon, wait_child
 from tests.fixtures.busybox import busybox_archive
 
 
@@ -59,9 +59,9 @@ class Terminal:
         os.write(self.fd, data)
 
     def close(self) -> int:
-        _, status = os.waitpid(self.pid, 0)
+        code = wait_child(self.pid)
         os.close(self.fd)
-        return os.waitstatus_to_exitcode(status)
+        return code
 
 
 def test_exec_it_prompt_command_and_resize(daemon: Daemon) -> None:
