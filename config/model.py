@@ -62,6 +62,12 @@ class DaemonConfig(
     containerd: str = ""
     containerd_namespace: str = "pydockerd"
     features: dict[str, bool] = {}
+    # Where volume plugins are looked up (moby pkg/plugins' fixed paths, a setting here).
+    plugin_dirs: tuple[str, ...] = (
+        "/run/docker/plugins",
+        "/etc/docker/plugins",
+        "/usr/lib/docker/plugins",
+    )
 
     @property
     def managed_containerd(self) -> bool:

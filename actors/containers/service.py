@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import msgspec
 import trio
@@ -30,6 +30,7 @@ from actors.containerd.model import TaskExit, TaskOOM, TaskStatus
 from actors.containers import archive, oci
 from actors.containers.logfile import LogWriter, parse_size
 from actors.containers.model import Container, State
+from actors.containers.mounts import ContainerMounts
 from actors.containers.spec import build_spec
 from actors.containers.stdio import FifoSet, ProcessIO
 from actors.containers.store import ContainerStore
@@ -39,6 +40,9 @@ from kernel.clock import now_rfc3339, parse_time
 from kernel.errors import Conflict, InternalError, InvalidParameter, NotModified, Unavailable
 from kernel.fsutil import atomic_write
 from kernel.threadpipe import run_with_input
+
+if TYPE_CHECKING:
+    from actors.volumes.service import VolumesService
 
 log = logging.getLogger("pydockerd.containers")
 
@@ -85,6 +89,7 @@ class ContainersService:
         bridge: ContainerdBridge,
         images: ImageProvider,
         events: EventsService,
+        volumes: VolumesService | None = None,
         cgroup_parent: str = "/pydockerd",
         default_ulimits: Callable[[], list[dict[str, Any]]] = list,
         live_restore: Callable[[], bool] = lambda: False,
@@ -96,6 +101,7 @@ class ContainersService:
         self.bridge = bridge
         self.images = images
         self.events = events
+        self.mounts = ContainerMounts(volumes)
         self.cgroup_parent = cgroup_parent
         self.default_ulimits = default_ulimits
         self.live_restore = live_restore
@@ -120,6 +126,7 @@ class ContainersService:
         if not self._loaded:
             self.root.mkdir(parents=True, exist_ok=True)
             self.store.load_all()
+            self.mounts.restore(self.store)
             self._loaded = True
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -129,6 +136,7 @@ class ContainersService:
             # The bridge connected before we subscribed: reconcile once now (restore:
             # reattach running tasks, find exits we missed, apply restart policies).
             nursery.start_soon(self._reconcile)
+            nursery.start_soon(self.mounts.verify, list(self.store))
             task_status.started(self)
             await stopping.wait()
             self._stopping = True
@@ -284,6 +292,7 @@ class ContainersService:
         argv = entrypoint + cmd
         if not argv:
             raise InvalidParameter("No command specified")
+        mount_points = self.mounts.plan(config, host_config, self.store.get)
         cid = self.store.new_id()
         full_name = self.store.reserve_name(name, cid)
         try:
@@ -296,6 +305,7 @@ class ContainersService:
             host_config.setdefault("LogConfig", {"Type": "json-file", "Config": {}})
             host_config.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
             await self.images.create_rw_layer(cid, image_id)
+            await self.mounts.create_volumes(cid, mount_points)
             container = Container(
                 Id=cid,
                 Created=now_rfc3339(),
@@ -312,12 +322,15 @@ class ContainersService:
                 HostnamePath=str(directory / "hostname"),
                 HostsPath=str(directory / "hosts"),
                 NetworkSettings=empty_network_settings(),
+                MountPoints=mount_points,
             )
+            container.sync_mounts()
             self._write_etc_files(container)
             self.store.add(container)
         except BaseException:
             self.store.release_name(full_name)
             with trio.CancelScope(shield=True):
+                await self.mounts.release(cid, mount_points, remove_anonymous=True)
                 try:
                     await self.images.remove_rw_layer(cid)
                 except Exception:
@@ -355,7 +368,9 @@ class ContainersService:
         rootfs = Path(await self.images.mount_rw_layer(container.Id))
         runtime = Runtime()
         try:
-            spec = self._spec(container, rootfs)
+            volume_mounts = await self.mounts.setup(container, rootfs)
+            container.sync_mounts()
+            spec = self._spec(container, rootfs, volume_mounts)
             fifos = self._fifos(container)
             with_stdin = bool(container.Config.get("OpenStdin"))
             runtime.io = ProcessIO(fifos, with_stdin=with_stdin, before_create=True)
@@ -381,6 +396,7 @@ class ContainersService:
                     await runtime.io.aclose()
                 if runtime.logger is not None:
                     runtime.logger.close()
+                await self.mounts.teardown(container)
                 await self.images.unmount_rw_layer(container.Id)
             if isinstance(exc, ContainerdError | InvalidParameter):
                 container.State.Error = exc.message
@@ -400,7 +416,12 @@ class ContainersService:
         self._publish(container, "start")
         self._changed_now()
 
-    def _spec(self, container: Container, rootfs: Path) -> dict[str, Any]:
+    def _spec(
+        self,
+        container: Container,
+        rootfs: Path,
+        volume_mounts: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         config, host = container.Config, container.HostConfig
         hostname = config.get("Hostname") or container.short_id
         uid, gid, groups = oci.resolve_user(
@@ -414,7 +435,7 @@ class ContainersService:
         mounts = [
             {"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate"]}
             for dest, src in etc_files.items()
-        ] + oci.bind_mounts(host)
+        ] + (volume_mounts or [])
         spec = build_spec(
             args=[container.Path, *container.Args],
             env=oci.process_env(container, hostname),
@@ -494,6 +515,7 @@ class ContainersService:
 
     async def _after_exit(self, container: Container) -> None:
         with trio.CancelScope(shield=True):
+            await self.mounts.teardown(container)
             try:
                 await self.images.unmount_rw_layer(container.Id)
             except Exception as exc:
@@ -762,6 +784,9 @@ class ContainersService:
                 await self.images.remove_rw_layer(container.Id)
                 self._fifos(container).remove()
                 self.store.remove(container)
+                await self.mounts.release(
+                    container.Id, container.MountPoints, remove_anonymous=volumes
+                )
             self._locks.pop(container.Id, None)
         self._publish(container, "destroy")
         self._changed_now()
@@ -917,7 +942,10 @@ class ContainersService:
                 mode = summary["HostConfig"]["NetworkMode"]
                 if not any(v in networks or v == mode for v in values):
                     return False
-            elif key in ("volume", "health", "publish", "expose", "is-task"):
+            elif key == "volume":
+                if not self.mounts.uses(container, values):
+                    return False
+            elif key in ("health", "publish", "expose", "is-task"):
                 continue
             else:
                 raise InvalidParameter(f"invalid filter '{key}'")
