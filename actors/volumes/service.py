@@ -24,7 +24,7 @@ import msgspec
 import trio
 
 from actors.events import EventsService
-from actors.volumes.local import DATA_DIR, LocalDriver
+from actors.volumes.local import DATA_DIR, LocalDriver, is_mounted
 from actors.volumes.model import ANONYMOUS_LABEL, LOCAL, METADATA_FILE, Driver, Volume, check_name
 from actors.volumes.plugins import PluginDriver, activate
 from kernel.errors import Conflict, DaemonError, InvalidParameter, NotFound
@@ -198,8 +198,8 @@ class VolumesService:
                 Name=name,
                 Driver=handler.name,
                 CreatedAt=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                Labels=labels,
-                Options=options,
+                Labels=labels or {},
+                Options=options or {},
                 Scope=await handler.scope(),
             )
             if isinstance(handler, PluginDriver):
@@ -280,7 +280,9 @@ class VolumesService:
             (directory / METADATA_FILE).unlink()
         except FileNotFoundError:
             pass
-        if directory.exists():
+        if is_mounted(directory / DATA_DIR):  # a forced removal: keep what is mounted
+            log.warning("volume %s: %s is still mounted, left in place", name, directory)
+        elif directory.exists():
             shutil.rmtree(directory, ignore_errors=True)
         fsync_dir(self.root)
 
