@@ -156,11 +156,22 @@ def test_volume_create_bad_input(daemon: Daemon) -> None:
 
 
 def test_named_volume_shared_and_survives_restart(daemon: Daemon) -> None:
+    since = str(int(time.time()))
     try:
         daemon.docker("run", "--name", "writer", "-v", "data:/data", "busybox",
                       "sh", "-c", "echo hello > /data/greeting")  # fmt: skip
         out = daemon.docker("run", "--rm", "-v", "data:/data", "busybox", "cat", "/data/greeting")
         assert out.stdout == "hello\n"
+        events = daemon.docker(
+            "events", "--since", since, "--until", str(int(time.time()) + 1),
+            "--filter", "type=volume", "--format",
+            "{{.Action}} {{.Actor.ID}} {{.Actor.Attributes.destination}}",
+        ).stdout.splitlines()  # fmt: skip
+        assert events[:3] == [
+            "create data <no value>",
+            "mount data /data",
+            "unmount data <no value>",
+        ]
         mounts = inspect(daemon, "container", "inspect", "writer")["Mounts"]
         assert mounts == [
             {
@@ -487,3 +498,32 @@ def test_plugin_spec_file(daemon: Daemon, plugin_dir: Path) -> None:
         finally:
             daemon.docker("volume", "rm", "-f", "sv1", check=False)
             (plugin_dir / "specplugin.spec").unlink()
+
+
+def test_live_restore_keeps_volume_mounts(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A container that outlives the daemon keeps its volume mounted and referenced; the
+    volume is unmounted when that container ends."""
+    archive = busybox_archive(tmp_path_factory.mktemp("fixtures") / "busybox.tar")
+    with running_daemon("--live-restore") as d:
+        d.docker("load", "-i", str(archive))
+        try:
+            d.docker("volume", "create", "-o", "type=tmpfs", "-o", "device=tmpfs", "lr")
+            mountpoint = inspect(d, "volume", "inspect", "lr")["Mountpoint"]
+            cid = d.docker("run", "-d", "-v", "lr:/t", "busybox", "sleep", "300").stdout.strip()
+            d.docker("exec", cid, "sh", "-c", "echo kept > /t/f")
+            d.stop()
+            d.start()
+            assert inspect(d, "inspect", cid)["State"]["Running"] is True
+            assert is_mounted(mountpoint)
+            busy = d.docker("volume", "rm", "lr", check=False)
+            assert busy.returncode != 0 and "volume is in use" in busy.stderr
+            out = d.docker("run", "--rm", "-v", "lr:/t", "busybox", "cat", "/t/f").stdout
+            assert out == "kept\n"
+            assert is_mounted(mountpoint)
+            d.docker("rm", "-f", cid)
+            deadline = time.monotonic() + 10
+            while is_mounted(mountpoint) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not is_mounted(mountpoint)
+        finally:
+            _cleanup(d)

@@ -319,7 +319,11 @@ class ContainerMounts:
 
     def __init__(self, volumes: VolumesService | None) -> None:
         self.volumes = volumes
-        self._mounted: dict[str, list[str]] = {}  # container ID -> volumes it mounted
+        # Container ID -> volumes its current run mounted; at exit they move to `_exited`
+        # (under the container's lock) until the after-exit work unmounts them, so a
+        # quick restart's mounts are never mistaken for the old run's.
+        self._mounted: dict[str, list[str]] = {}
+        self._exited: dict[str, list[str]] = {}
 
     def plan(
         self, config: dict[str, Any], host: dict[str, Any], lookup: Callable[[str], Container]
@@ -370,7 +374,6 @@ class ContainerMounts:
         """Start: mount the volumes, copy up, create missing `-v` host directories; the
         OCI mounts, parents before children. On failure, everything mounted is undone."""
         mounted: list[str] = []
-        self._mounted[container.Id] = mounted
         out: list[dict[str, Any]] = []
         try:
             for point in sorted(container.MountPoints, key=_depth):
@@ -392,8 +395,9 @@ class ContainerMounts:
                 out.append(oci_mount(point, source))
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self.teardown(container)
+                await self._unmount(container, mounted)
             raise
+        self._mounted[container.Id] = mounted
         for destination, options in (container.HostConfig.get("Tmpfs") or {}).items():
             data = [o for o in str(options).split(",") if o]
             out.append(
@@ -406,9 +410,15 @@ class ContainerMounts:
             )
         return out
 
+    def exited(self, cid: str) -> None:
+        """The run ended (called under the container's lock); `teardown` unmounts."""
+        self._exited.setdefault(cid, []).extend(self._mounted.pop(cid, []))
+
     async def teardown(self, container: Container) -> None:
-        """Exit (or a failed start): unmount what this run mounted."""
-        names = self._mounted.pop(container.Id, [])
+        """After an exit (or a failed start): unmount what the ended run mounted."""
+        await self._unmount(container, self._exited.pop(container.Id, []))
+
+    async def _unmount(self, container: Container, names: list[str]) -> None:
         for name in names:
             assert self.volumes is not None
             try:
@@ -435,6 +445,8 @@ class ContainerMounts:
         time, so one broken volume (or plugin) delays nothing else."""
         if self.volumes is None:
             return
+        # Mounts left by an unclean stop that no live-restored container uses.
+        await self.volumes.unmount_unused()
         for container in containers:
             for point in container.MountPoints:
                 if point.Type != "volume" or not point.Name:

@@ -396,6 +396,7 @@ class ContainersService:
                     await runtime.io.aclose()
                 if runtime.logger is not None:
                     runtime.logger.close()
+                self.mounts.exited(container.Id)
                 await self.mounts.teardown(container)
                 await self.images.unmount_rw_layer(container.Id)
             if isinstance(exc, ContainerdError | InvalidParameter):
@@ -506,6 +507,7 @@ class ContainersService:
             if runtime.io is not None:
                 self._spawn(runtime.io.aclose)
             runtime.exited.set()
+        self.mounts.exited(container.Id)
         oom = container.State.OOMKilled
         container.State.set_exited(code, oom=oom, error=error)
         self._exits[container.Id] = self._exits.get(container.Id, 0) + 1

@@ -97,9 +97,6 @@ class VolumesService:
             self.root.mkdir(mode=0o701, parents=True, exist_ok=True)
             self._load()
             self._loaded = True
-            for volume in list(self._volumes.values()):
-                if volume.Driver == LOCAL:
-                    await self.local.unmount_leftovers(volume)
         task_status.started(self)
         await stopping.wait()
 
@@ -359,6 +356,15 @@ class VolumesService:
             handler = await self._driver(volume.Driver)
             await handler.unmount(volume, ref, count == 1)
         self._publish("unmount", name, {"driver": volume.Driver, "container": ref})
+
+    async def unmount_unused(self) -> None:
+        """Daemon start, once the containers gave back their mounts: unmount the local
+        volumes an unclean stop left mounted that no running container uses."""
+        for volume in list(self._volumes.values()):
+            if volume.Driver == LOCAL and not self._active.get(volume.Name):
+                async with self._lock(volume.Name):
+                    if not self._active.get(volume.Name):
+                        await self.local.unmount_leftovers(volume)
 
     def restore_mount(self, name: str) -> None:
         """A container that kept running across our restart still has the volume mounted."""
