@@ -218,6 +218,8 @@ def test_rm_v_removes_anonymous_volumes_only(daemon: Daemon) -> None:
         mounts = {m["Destination"]: m for m in inspect(daemon, "inspect", "holder")["Mounts"]}
         anon = mounts["/anon"]["Name"]
         assert len(anon) == 64 and mounts["/kept"]["Name"] == "kept"
+        # dockerd: `z` for -v/--mount local volumes, nothing for config (image) volumes.
+        assert (mounts["/anon"]["Mode"], mounts["/kept"]["Mode"]) == ("", "z")
         labels = inspect(daemon, "volume", "inspect", anon)["Labels"]
         assert labels == {"com.docker.volume.anonymous": ""}
         assert volume_names(daemon) == sorted([anon, "kept"])
@@ -339,7 +341,7 @@ def test_volumes_from_and_inspect_mounts(daemon: Daemon) -> None:
                       "--mount", "type=volume,src=m1,dst=/m1,readonly",
                       "--mount", "type=tmpfs,dst=/tmp/t", "busybox", "true")  # fmt: skip
         mounts = {m["Destination"]: m for m in inspect(daemon, "inspect", "mounter")["Mounts"]}
-        assert mounts["/m1"]["RW"] is False and mounts["/m1"]["Mode"] == ""
+        assert mounts["/m1"]["RW"] is False and mounts["/m1"]["Mode"] == "z"
         assert mounts["/tmp/t"] == {
             "Type": "tmpfs",
             "Source": "",

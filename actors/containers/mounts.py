@@ -151,8 +151,6 @@ def parse_bind(raw: str, volume_driver: str) -> MountPoint:
         point.Name = source
         point.Driver = volume_driver
         point.CopyData = "nocopy" not in options
-        if not mode:
-            point.Mode = "z"  # what dockerd shows for a `-v` volume without options
     return point
 
 
@@ -247,20 +245,28 @@ def plan(
         ref, mode = parse_volumes_from(spec)
         other = lookup(ref)
         for theirs in other.MountPoints:
-            mine = msgspec.structs.replace(theirs, CopyData=False)
-            if mode != "rw" or not theirs.RW:
-                mine.RW = theirs.RW and "ro" not in mode.split(",")
-                mine.Mode = mode
+            # dockerd copies neither the mode text nor the copy-up wish.
+            mine = msgspec.structs.replace(theirs, CopyData=False, Mode="")
+            mine.RW = theirs.RW and "ro" not in mode.split(",")
             points[mine.Destination] = mine
+    tmpfs = {posixpath.normpath(d) for d in host.get("Tmpfs") or {}}
     taken: set[str] = set()
-    for point in [parse_bind(b, driver) for b in host.get("Binds") or []] + [
-        parse_mount(m, driver) for m in host.get("Mounts") or []
-    ]:
-        if point.Destination in taken:
+    for bind in host.get("Binds") or []:
+        point = parse_bind(bind, driver)
+        if point.Destination in taken or point.Destination in tmpfs:
             raise InvalidParameter(f"Duplicate mount point: {point.Destination}")
         taken.add(point.Destination)
         points[point.Destination] = point
-    tmpfs = {posixpath.normpath(d) for d in host.get("Tmpfs") or {}}
+    for mount in host.get("Mounts") or []:
+        point = parse_mount(mount, driver)
+        if point.Destination in taken:
+            raise InvalidParameter(f"Duplicate mount point: {mount.get('Target')}")
+        taken.add(point.Destination)
+        points[point.Destination] = point
+    for destination in taken:
+        point = points[destination]
+        if point.Type == "volume" and not point.Mode:
+            point.Mode = "z"  # dockerd's setBindModeIfNull (undone below for plugins)
     for target in config.get("Volumes") or {}:
         destination = posixpath.normpath(target)
         if destination in points or destination in tmpfs:
@@ -346,6 +352,8 @@ class ContainerMounts:
                 )
                 point.Name, point.Driver = volume["Name"], volume["Driver"]
                 point.Source = volume["Mountpoint"]
+                if point.Driver != "local" and point.Mode == "z":
+                    point.Mode = ""  # dockerd sets `z` for the local driver's volumes only
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.release(cid, points, remove_anonymous=True)
