@@ -483,7 +483,10 @@ def test_volume_plugin(daemon: Daemon, plugin_dir: Path) -> None:
             assert "pv1" not in plugin.volumes
             missing = daemon.docker("volume", "create", "-d", "nosuchplugin", "x1", check=False)
             assert missing.returncode != 0
-            assert 'plugin "nosuchplugin" not found' in missing.stderr
+            assert (
+                'create x1: error looking up volume plugin nosuchplugin: plugin "nosuchplugin" '
+                "not found" in missing.stderr
+            )
         finally:
             daemon.docker("volume", "rm", "-f", "pv1", check=False)
 

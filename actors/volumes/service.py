@@ -185,7 +185,10 @@ class VolumesService:
                 if ref:
                     self._refs.setdefault(name, set()).add(ref)
                 return existing.api(self._mountpoint(existing))
-            handler = await self._driver(driver)
+            try:
+                handler = await self._driver(driver)
+            except DaemonError as exc:
+                raise type(exc)(f"create {name}: {exc.message}") from None
             handler.check_options(name, options or {})
             try:
                 await handler.create(name, options or {})
