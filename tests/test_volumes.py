@@ -532,3 +532,26 @@ def test_live_restore_keeps_volume_mounts(tmp_path_factory: pytest.TempPathFacto
             assert not is_mounted(mountpoint)
         finally:
             _cleanup(d)
+
+
+def test_prune_filters_and_docker_py(daemon: Daemon) -> None:
+    client = daemon.client()
+    try:
+        client.volumes.create("keep1", labels={"keep": "yes"})
+        client.volumes.create("drop1", labels={"keep": "no"})
+        client.volumes.create("drop2")
+        assert sorted(v.name for v in client.volumes.list()) == ["drop1", "drop2", "keep1"]
+        assert client.volumes.get("keep1").attrs["Labels"] == {"keep": "yes"}
+        report = daemon.docker("volume", "prune", "-a", "-f", "--filter", "label!=keep=yes").stdout
+        assert "drop1" in report and "drop2" in report and "keep1" not in report
+        assert volume_names(daemon) == ["keep1"]
+        status, body = api(
+            daemon, "POST", "/volumes/prune?filters=%7B%22bogus%22%3A%5B%22x%22%5D%7D"
+        )
+        assert (status, body["message"]) == (400, "invalid filter 'bogus'")
+        pruned = client.volumes.prune(filters={"all": "true", "label": "keep=yes"})
+        assert pruned["VolumesDeleted"] == ["keep1"]
+        assert client.volumes.list() == []
+    finally:
+        for name in ("keep1", "drop1", "drop2"):
+            daemon.docker("volume", "rm", "-f", name, check=False)
