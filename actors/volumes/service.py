@@ -399,6 +399,3 @@ class VolumesService:
             entry["UsageData"] = {"Size": size, "RefCount": len(self._refs.get(volume.Name, ()))}
             out.append(entry)
         return out
-
-    def info_fields(self) -> dict[str, Any]:
-        return {"Volume": [LOCAL, *sorted(self._plugins)]}
