@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -555,3 +556,34 @@ def test_prune_filters_and_docker_py(daemon: Daemon) -> None:
     finally:
         for name in ("keep1", "drop1", "drop2"):
             daemon.docker("volume", "rm", "-f", name, check=False)
+
+
+def test_bind_propagation(daemon: Daemon) -> None:
+    """rshared needs a shared source (/ is not shared here: the test makes its own)."""
+    shared = short_tempdir("pydshared")
+    private = short_tempdir("pydprivate")
+    subprocess.run(["mount", "--bind", str(shared), str(shared)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+        refused = daemon.docker("run", "--rm", "--mount",
+                                f"type=bind,src={private},dst=/m,bind-propagation=rshared",
+                                "busybox", "true", check=False)  # fmt: skip
+        assert refused.returncode != 0
+        assert f"path {private} is mounted on " in refused.stderr
+        assert "but it is not a shared mount" in refused.stderr
+        cid = daemon.docker("run", "-d", "--mount",
+                            f"type=bind,src={shared},dst=/m,bind-propagation=rshared",
+                            "busybox", "sleep", "300").stdout.strip()  # fmt: skip
+        mounts = inspect(daemon, "inspect", cid)["Mounts"]
+        assert mounts[0]["Propagation"] == "rshared"
+        (shared / "sub").mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(shared / "sub")], check=True)
+        try:
+            (shared / "sub" / "seen").write_text("yes\n")
+            out = daemon.docker("exec", cid, "cat", "/m/sub/seen").stdout
+            assert out == "yes\n"  # the host's later mount propagated into the container
+        finally:
+            daemon.docker("rm", "-f", cid, check=False)
+            subprocess.run(["umount", str(shared / "sub")], check=False)
+    finally:
+        subprocess.run(["umount", str(shared)], check=False)

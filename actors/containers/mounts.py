@@ -400,6 +400,8 @@ class ContainerMounts:
                         await trio.to_thread.run_sync(_copy_up, rootfs, point.Destination, source)
                 elif point.Type == "bind" and point.CreateSource:
                     await trio.to_thread.run_sync(_make_source, point.Source)
+                if point.Type == "bind" and point.Propagation.lstrip("r") in ("shared", "slave"):
+                    await trio.to_thread.run_sync(check_propagation, source, point.Propagation)
                 out.append(oci_mount(point, source))
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -493,3 +495,42 @@ def oci_mount(point: MountPoint, source: str) -> dict[str, Any]:
         "source": source,
         "options": ["rbind", point.Propagation or DEFAULT_PROPAGATION, "rw" if point.RW else "ro"],
     }
+
+
+def _mount_of(path: str) -> tuple[str, list[str]]:
+    """The mount point holding `path` and its optional fields (shared:N, master:N)."""
+    target = os.path.realpath(path)
+    best, fields = "", []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            parts = line.split()
+            point = parts[4]
+            inside = target == point or target.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, fields = point, parts[6 : parts.index("-")]
+    return best, fields
+
+
+def check_propagation(source: str, propagation: str) -> None:
+    """A shared (slave) bind needs a shared (or slave) source mount (dockerd's
+    ensureShared / ensureSharedOrSlave, with their texts)."""
+    point, fields = _mount_of(source)
+    shared = any(f.startswith("shared:") for f in fields)
+    slave = any(f.startswith("master:") for f in fields)
+    if propagation.lstrip("r") == "shared" and not shared:
+        raise InvalidParameter(f"path {source} is mounted on {point} but it is not a shared mount")
+    if propagation.lstrip("r") == "slave" and not (shared or slave):
+        raise InvalidParameter(
+            f"path {source} is mounted on {point} but it is not a shared or slave mount"
+        )
+
+
+def rootfs_propagation(mounts: Iterable[dict[str, Any]]) -> str:
+    """dockerd keeps the root shared when a mount is shared (else slave when one is a
+    slave), so the propagation of those mounts can work; empty: runc's default."""
+    options = {o for m in mounts for o in m.get("options", [])}
+    if options & {"shared", "rshared"}:
+        return "rshared"
+    if options & {"slave", "rslave"}:
+        return "rslave"
+    return ""

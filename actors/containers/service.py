@@ -30,7 +30,7 @@ from actors.containerd.model import TaskExit, TaskOOM, TaskStatus
 from actors.containers import archive, oci
 from actors.containers.logfile import LogWriter, parse_size
 from actors.containers.model import Container, State
-from actors.containers.mounts import ContainerMounts
+from actors.containers.mounts import ContainerMounts, rootfs_propagation
 from actors.containers.spec import build_spec
 from actors.containers.stdio import FifoSet, ProcessIO
 from actors.containers.store import ContainerStore
@@ -361,7 +361,20 @@ class ContainersService:
                 raise NotModified("container already started")
             if state.Status in ("removing", "dead") or container.RemovalInProgress:
                 raise Conflict("container is marked for removal and cannot be started")
-            await self._start_locked(container)
+            try:
+                await self._start_locked(container)
+            except Exception:
+                # dockerd removes an AutoRemove container whose start failed (the CLI's
+                # `run --rm` waits for that removal).
+                if container.HostConfig.get("AutoRemove"):
+                    self._spawn(self._auto_remove, container.Id)
+                raise
+
+    async def _auto_remove(self, cid: str) -> None:
+        try:
+            await self.remove(cid, force=True, volumes=True)
+        except Exception as exc:
+            log.error("auto-removing %s: %s", cid[:12], exc)
 
     async def _start_locked(self, container: Container) -> None:
         client = await self.bridge.wait_client()
@@ -459,6 +472,8 @@ class ContainersService:
             sysctl=host.get("Sysctls") or {},
         )
         spec["root"]["path"] = str(rootfs)
+        if propagation := rootfs_propagation(volume_mounts or []):
+            spec["linux"]["rootfsPropagation"] = propagation
         return spec
 
     def _namespaces(self, host: dict[str, Any]) -> list[dict[str, str]]:
