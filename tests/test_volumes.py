@@ -37,13 +37,19 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, plugin_dir: Path) -> Iterat
 
 
 def _cleanup(d: Daemon) -> None:
-    """Remove every container and volume (their mounts go with them)."""
+    """Remove every container and volume (their mounts go with them); then unmount what
+    a failed test may have left under the daemon's own root, deepest first."""
     ids = d.docker("ps", "-aq", check=False).stdout.split()
     if ids:
         d.docker("rm", "-f", "-v", *ids, check=False)
     names = d.docker("volume", "ls", "-q", check=False).stdout.split()
     if names:
         d.docker("volume", "rm", "-f", *names, check=False)
+    root = str(d.root) + "/"
+    with open("/proc/self/mountinfo") as mountinfo:
+        left = [line.split()[4] for line in mountinfo if line.split()[4].startswith(root)]
+    for point in sorted(left, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
 
 
 class _UnixHTTP(http.client.HTTPConnection):
