@@ -292,6 +292,9 @@ def test_tmpfs_size_and_read_only_mounts(daemon: Daemon) -> None:
                          "busybox", "dd", "if=/dev/zero", "of=/t/big", "bs=1M",
                          "count=2")  # fmt: skip
     assert fits.returncode == 0
+    mode = daemon.docker("run", "--rm", "--mount", "type=tmpfs,dst=/t,tmpfs-mode=1770",
+                         "busybox", "stat", "-c", "%a", "/t").stdout  # fmt: skip
+    assert mode == "1770\n"
     legacy = daemon.docker("run", "--rm", "--tmpfs", "/t:size=1m", "busybox", "sh", "-c",
                            "dd if=/dev/zero of=/t/big bs=1M count=2", check=False)  # fmt: skip
     assert legacy.returncode != 0
@@ -349,6 +352,14 @@ def test_volumes_from_and_inspect_mounts(daemon: Daemon) -> None:
                       "--mount", "type=tmpfs,dst=/tmp/t", "busybox", "true")  # fmt: skip
         mounts = {m["Destination"]: m for m in inspect(daemon, "inspect", "mounter")["Mounts"]}
         assert mounts["/m1"]["RW"] is False and mounts["/m1"]["Mode"] == "z"
+        daemon.docker("run", "--rm", "--mount",
+                      "type=volume,src=m2,dst=/m2,volume-label=made=mount,"
+                      "volume-opt=type=tmpfs,volume-opt=device=tmpfs,volume-opt=o=size=1m",
+                      "busybox", "touch", "/m2/x")  # fmt: skip
+        m2 = inspect(daemon, "volume", "inspect", "m2")
+        assert m2["Labels"] == {"made": "mount"}
+        assert m2["Options"] == {"type": "tmpfs", "device": "tmpfs", "o": "size=1m"}
+        assert not is_mounted(m2["Mountpoint"])
         assert mounts["/tmp/t"] == {
             "Type": "tmpfs",
             "Source": "",
@@ -367,7 +378,7 @@ def test_volumes_from_and_inspect_mounts(daemon: Daemon) -> None:
         assert (status, body["message"]) == (404, "No such container: nosuch")
     finally:
         daemon.docker("rm", "-f", "source", "mounter", check=False)
-        daemon.docker("volume", "rm", "-f", "shared", "m1", check=False)
+        daemon.docker("volume", "rm", "-f", "shared", "m1", "m2", check=False)
 
 
 def test_local_driver_options_mount_at_first_use(daemon: Daemon) -> None:
