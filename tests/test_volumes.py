@@ -460,6 +460,12 @@ def test_bad_mounts_are_refused_before_anything_exists(daemon: Daemon) -> None:
     assert result.returncode == 125 and "Duplicate mount point: /x" in result.stderr
     result = daemon.docker("run", "--rm", "-v", "bad/name:/x", "busybox", check=False)
     assert result.returncode == 125 and "includes invalid characters" in result.stderr
+    result = daemon.docker("run", "--rm", "--mount", "type=bind,src=rel,dst=/x", "busybox",
+                           check=False)  # fmt: skip
+    assert result.returncode == 125
+    assert "invalid mount path: 'rel' mount path must be absolute" in result.stderr
+    result = daemon.docker("run", "--rm", "-v", "/tmp:/", "busybox", check=False)
+    assert result.returncode == 125 and "destination can't be '/'" in result.stderr
     assert sorted(os.listdir(daemon.data_root / "volumes")) == volumes_before
     assert sorted(os.listdir(daemon.data_root / "containers")) == containers_before
     assert daemon.docker("ps", "-aq").stdout == ""
