@@ -610,3 +610,31 @@ def test_bind_propagation(daemon: Daemon) -> None:
             subprocess.run(["umount", str(shared / "sub")], check=False)
     finally:
         subprocess.run(["umount", str(shared)], check=False)
+
+
+def test_restart_with_a_broken_volume_plugin(daemon: Daemon, plugin_dir: Path) -> None:
+    """A volume whose plugin is gone is reported at start; the start does not wait on it."""
+    state = short_tempdir("pydplugstate")
+    try:
+        with VolumePlugin(plugin_dir / "goneplugin.sock", state):
+            daemon.docker("volume", "create", "-d", "goneplugin", "gv1")
+            daemon.docker("create", "--name", "orphan", "-v", "gv1:/d", "busybox", "true")
+            daemon.stop()
+        started = time.monotonic()
+        daemon.start()
+        assert time.monotonic() - started < 15
+        deadline = time.monotonic() + 10
+        while "volume gv1 (/d) is missing or not reachable" not in daemon.log():
+            assert time.monotonic() < deadline, daemon.log()[-2000:]
+            time.sleep(0.1)
+        assert inspect(daemon, "volume", "inspect", "gv1")["Driver"] == "goneplugin"
+        failed = daemon.docker("start", "orphan", check=False)
+        assert failed.returncode != 0 and "goneplugin" in failed.stderr
+        daemon.docker("rm", "orphan")
+        plain = daemon.docker("volume", "rm", "gv1", check=False)
+        assert plain.returncode != 0
+        daemon.docker("volume", "rm", "-f", "gv1")
+        assert "gv1" not in volume_names(daemon)
+    finally:
+        daemon.docker("rm", "-f", "orphan", check=False)
+        daemon.docker("volume", "rm", "-f", "gv1", check=False)
