@@ -472,9 +472,9 @@ class ContainerMounts:
                 )
 
     def uses(self, container: Container, wanted: list[str]) -> bool:
-        """`docker ps --filter volume=`: by volume name or mount destination."""
+        """`docker ps --filter volume=`: by volume name (a bind's source) or destination."""
         return any(
-            value in (point.Name, point.Destination)
+            value in (point.Name or point.Source, point.Destination)
             for point in container.MountPoints
             for value in wanted
         )
