@@ -14,6 +14,7 @@ import os
 import posixpath
 import subprocess
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -289,7 +290,7 @@ def plan(
 # -- the volumes' life with the container ---------------------------------------------
 
 
-def _copy_up(rootfs: Path, destination: str, volume_path: str) -> None:
+def _copy_up(rootfs: Path, destination: str, volume_path: str) -> None:  # in a thread
     """The image's files at `destination` into the volume, if the volume is empty
     (moby copyExistingContents): owners, modes, links and times kept."""
     from actors.images.tarstream import scoped_path
@@ -393,11 +394,14 @@ class ContainerMounts:
                         "read/write": str(point.RW).lower(),
                         "propagation": point.Propagation,
                     }
-                    source = await self.volumes.mount(point.Name, container.Id, attributes)
+                    populate = (
+                        partial(_copy_up, rootfs, point.Destination) if point.CopyData else None
+                    )
+                    source = await self.volumes.mount(
+                        point.Name, container.Id, attributes, populate
+                    )
                     mounted.append(point.Name)
                     point.Source = source
-                    if point.CopyData:
-                        await trio.to_thread.run_sync(_copy_up, rootfs, point.Destination, source)
                 elif point.Type == "bind" and point.CreateSource:
                     await trio.to_thread.run_sync(_make_source, point.Source)
                 if point.Type == "bind" and point.Propagation.lstrip("r") in ("shared", "slave"):

@@ -337,14 +337,30 @@ class VolumesService:
     def refs(self, name: str) -> set[str]:
         return set(self._refs.get(name, ()))
 
-    async def mount(self, name: str, ref: str, attributes: dict[str, str]) -> str:
-        """Mount for a container's run; the path to bind into it."""
+    async def mount(
+        self,
+        name: str,
+        ref: str,
+        attributes: dict[str, str],
+        populate: Callable[[str], None] | None = None,
+    ) -> str:
+        """Mount for a container's run; the path to bind into it. `populate(path)` (the
+        copy-up) runs in a thread under the volume's lock, so two containers starting on
+        one new volume never copy into it at the same time."""
         async with self._lock(name):
             volume = self._get(name)
             handler = await self._driver(volume.Driver)
             count = self._active.get(name, 0)
             path = await handler.mount(volume, ref, count == 0)
             self._active[name] = count + 1
+            if populate is not None:
+                try:
+                    await trio.to_thread.run_sync(populate, path)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        self._active[name] = count
+                        await handler.unmount(volume, ref, count == 0)
+                    raise
         self._publish("mount", name, {"driver": volume.Driver, "container": ref, **attributes})
         return path
 
