@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from actors.containers.service import ContainersService
     from actors.images.service import ImagesService
     from actors.stats.collector import StatsCollector
+    from actors.volumes.service import VolumesService
 
 log = logging.getLogger("pydockerd.daemon")
 
@@ -91,6 +92,7 @@ class Daemon:
         self.api = ApiService(self.context, api_settings(cfg), listen_config(cfg))
         self.containerd: ContainerdBridge | None = None
         self.images: ImagesService | None = None
+        self.volumes: VolumesService | None = None
         self.containers: ContainersService | None = None
         self.stats: StatsCollector | None = None
         self._reload_lock = trio.Lock()
@@ -110,6 +112,7 @@ class Daemon:
             ChildSpec(id="api", start=self.api.run, shutdown=20.0),
             ChildSpec(id="containerd", start=self._run_containerd, shutdown=15.0),
             ChildSpec(id="images", start=self._run_images, shutdown=5.0),
+            ChildSpec(id="volumes", start=self._run_volumes, shutdown=5.0),
             ChildSpec(id="containers", start=self._run_containers, shutdown=30.0),
             ChildSpec(id="stats", start=self._run_stats, shutdown=1.0),
         ]
@@ -139,9 +142,24 @@ class Daemon:
         assert self.images is not None
         await self.images.run(stopping=stopping, task_status=task_status)
 
+    async def _run_volumes(self, *, stopping: trio.Event, task_status: Any) -> None:
+        if self.volumes is None:
+            module = await trio.to_thread.run_sync(
+                importlib.import_module, "actors.volumes.service"
+            )
+            self.volumes = module.VolumesService(
+                Path(self.cfg.data_root) / "volumes",
+                self.events,
+                plugin_dirs=lambda: tuple(self.cfg.plugin_dirs),
+            )
+            self.context.register("volumes", self.volumes)
+        assert self.volumes is not None
+        await self.volumes.run(stopping=stopping, task_status=task_status)
+
     async def _run_containers(self, *, stopping: trio.Event, task_status: Any) -> None:
         if self.containers is None:
             assert self.containerd is not None and self.images is not None
+            assert self.volumes is not None
             module = await trio.to_thread.run_sync(
                 importlib.import_module, "actors.containers.service"
             )
@@ -150,6 +168,7 @@ class Daemon:
                 exec_root=Path(self.cfg.exec_root),
                 bridge=self.containerd,
                 images=self.images,
+                volumes=self.volumes,
                 events=self.events,
                 cgroup_parent=f"/{self.cfg.containerd_namespace}",
                 default_ulimits=lambda: [

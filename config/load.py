@@ -23,7 +23,7 @@ RELOADABLE = frozenset(
     }
 )  # fmt: skip
 # Accepted in the file though no flag sets them (dockerd: skipValidateOptions).
-_FILE_ONLY = frozenset({"features"})
+_FILE_ONLY = frozenset({"features", "plugin-dirs"})
 
 
 class ReloadDiff(msgspec.Struct, frozen=True):

@@ -65,6 +65,12 @@ class DaemonConfig(
     containerd_namespace: str = "pydockerd"
     features: dict[str, bool] = {}
     events_journal_size: int = 10_000  # events kept on disk for `docker events --since`
+    # Where volume plugins are looked up (moby pkg/plugins' fixed paths, a setting here).
+    plugin_dirs: tuple[str, ...] = (
+        "/run/docker/plugins",
+        "/etc/docker/plugins",
+        "/usr/lib/docker/plugins",
+    )
 
     @property
     def managed_containerd(self) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from actors.containers.mounts import MountPoint
 from kernel.clock import now_rfc3339, unix_seconds
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -60,6 +61,9 @@ class Container(msgspec.Struct, kw_only=True):
     Platform: str = "linux"
     NetworkSettings: dict[str, Any] = msgspec.field(default_factory=dict)
     Mounts: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    # The container's mounts as planned at create (actors/containers/mounts.py); `Mounts`
+    # is their API view, kept in step by `sync_mounts`.
+    MountPoints: list[MountPoint] = msgspec.field(default_factory=list)
     # Bookkeeping dockerd keeps too (restart policies, `dead` after a torn removal).
     HasBeenStartedBefore: bool = False
     HasBeenManuallyStopped: bool = False
@@ -80,9 +84,13 @@ class Container(msgspec.Struct, kw_only=True):
     def image_name(self) -> str:
         return str(self.Config.get("Image") or self.Image)
 
+    def sync_mounts(self) -> None:
+        self.Mounts = [point.api() for point in self.MountPoints]
+
     def inspect(self) -> dict[str, Any]:
         data: dict[str, Any] = msgspec.to_builtins(self)
-        for key in ("HasBeenStartedBefore", "HasBeenManuallyStopped", "RemovalInProgress"):
+        for key in ("HasBeenStartedBefore", "HasBeenManuallyStopped", "RemovalInProgress",
+                    "MountPoints"):
             data.pop(key)
         data["ExecIDs"] = None
         data["MountLabel"] = ""

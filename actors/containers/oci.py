@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -143,63 +142,6 @@ def rlimits(host_config: dict[str, Any], defaults: list[dict[str, Any]]) -> list
         {"type": f"RLIMIT_{name.upper()}", "soft": u["Soft"], "hard": u["Hard"]}
         for name, u in limits.items()
     ]
-
-
-def bind_mounts(host_config: dict[str, Any]) -> list[dict[str, Any]]:
-    """`-v host:ctr[:opts]` binds, `--tmpfs`, and `--mount type=bind|tmpfs`."""
-    mounts: list[dict[str, Any]] = []
-    for bind in host_config.get("Binds") or []:
-        parts = bind.split(":")
-        if len(parts) < 2 or not parts[0].startswith("/"):
-            continue  # named volumes: the volumes actor
-        source, dest = parts[0], parts[1]
-        opts = parts[2].split(",") if len(parts) > 2 else []
-        os.makedirs(source, exist_ok=True)  # dockerd creates a missing host directory for -v
-        mode = "ro" if "ro" in opts else "rw"
-        propagation = next(
-            (o for o in opts if o.lstrip("r") in ("shared", "slave", "private")), "rprivate"
-        )
-        mounts.append(
-            {
-                "destination": dest,
-                "type": "bind",
-                "source": source,
-                "options": ["rbind", propagation, mode],
-            }
-        )
-    for dest, options in (host_config.get("Tmpfs") or {}).items():
-        opts = ["nosuid", "nodev", "noexec", *[o for o in options.split(",") if o]]
-        mounts.append({"destination": dest, "type": "tmpfs", "source": "tmpfs", "options": opts})
-    for mount in host_config.get("Mounts") or []:
-        kind = mount.get("Type", "volume")
-        target = mount.get("Target", "")
-        if kind == "bind":
-            if not os.path.exists(mount.get("Source", "")):
-                raise InvalidParameter(
-                    'invalid mount config for type "bind": bind source path does not exist: '
-                    + str(mount.get("Source"))
-                )
-            mode = "ro" if mount.get("ReadOnly") else "rw"
-            propagation = (mount.get("BindOptions") or {}).get("Propagation") or "rprivate"
-            mounts.append(
-                {
-                    "destination": target,
-                    "type": "bind",
-                    "source": mount["Source"],
-                    "options": ["rbind", propagation, mode],
-                }
-            )
-        elif kind == "tmpfs":
-            opts = ["nosuid", "nodev", "noexec"]
-            tmpfs = mount.get("TmpfsOptions") or {}
-            if tmpfs.get("SizeBytes"):
-                opts.append(f"size={tmpfs['SizeBytes']}")
-            if tmpfs.get("Mode"):
-                opts.append(f"mode={tmpfs['Mode']:o}")
-            mounts.append(
-                {"destination": target, "type": "tmpfs", "source": "tmpfs", "options": opts}
-            )
-    return mounts
 
 
 def resolv_conf() -> str:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import msgspec
 import trio
@@ -30,6 +30,7 @@ from actors.containerd.model import TaskExit, TaskOOM, TaskStatus
 from actors.containers import archive, logfile, oci, seccomp
 from actors.containers.logfile import LogWriter
 from actors.containers.model import Container, State
+from actors.containers.mounts import ContainerMounts, rootfs_propagation
 from actors.containers.spec import build_spec
 from actors.containers.stdio import FifoSet, ProcessIO
 from actors.containers.store import ContainerStore
@@ -39,6 +40,9 @@ from kernel.clock import now_rfc3339, parse_time
 from kernel.errors import Conflict, InternalError, InvalidParameter, NotModified, Unavailable
 from kernel.fsutil import atomic_write
 from kernel.threadpipe import run_with_input
+
+if TYPE_CHECKING:
+    from actors.volumes.service import VolumesService
 
 log = logging.getLogger("pydockerd.containers")
 
@@ -86,6 +90,7 @@ class ContainersService:
         bridge: ContainerdBridge,
         images: ImageProvider,
         events: EventsService,
+        volumes: VolumesService | None = None,
         cgroup_parent: str = "/pydockerd",
         default_ulimits: Callable[[], list[dict[str, Any]]] = list,
         live_restore: Callable[[], bool] = lambda: False,
@@ -98,6 +103,7 @@ class ContainersService:
         self.bridge = bridge
         self.images = images
         self.events = events
+        self.mounts = ContainerMounts(volumes)
         self.cgroup_parent = cgroup_parent
         self.default_ulimits = default_ulimits
         self.live_restore = live_restore
@@ -126,6 +132,7 @@ class ContainersService:
         if not self._loaded:
             self.root.mkdir(parents=True, exist_ok=True)
             self.store.load_all()
+            self.mounts.restore(self.store)
             self._loaded = True
             # The containers restore will touch: requests for them wait for theirs only.
             self._restoring = {
@@ -144,6 +151,7 @@ class ContainersService:
                 # The bridge connected before we subscribed: reconcile once now (restore:
                 # reattach running tasks, find exits we missed, apply restart policies).
                 nursery.start_soon(self._reconcile)
+                nursery.start_soon(self.mounts.verify, list(self.store))
                 task_status.started(self)
                 await stopping.wait()
                 self._stopping = True
@@ -357,6 +365,7 @@ class ContainersService:
         argv = entrypoint + cmd
         if not argv:
             raise InvalidParameter("No command specified")
+        mount_points = self.mounts.plan(config, host_config, self.store.get)
         cid = self.store.new_id()
         full_name = self.store.reserve_name(name, cid)
         try:
@@ -369,6 +378,7 @@ class ContainersService:
             self._default_log_config(host_config)
             host_config.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
             await self.images.create_rw_layer(cid, image_id)
+            await self.mounts.create_volumes(cid, mount_points)
             container = Container(
                 Id=cid,
                 Created=now_rfc3339(),
@@ -385,12 +395,15 @@ class ContainersService:
                 HostnamePath=str(directory / "hostname"),
                 HostsPath=str(directory / "hosts"),
                 NetworkSettings=empty_network_settings(),
+                MountPoints=mount_points,
             )
+            container.sync_mounts()
             self._write_etc_files(container)
             self.store.add(container)
         except BaseException:
             self.store.release_name(full_name)
             with trio.CancelScope(shield=True):
+                await self.mounts.release(cid, mount_points, remove_anonymous=True)
                 try:
                     await self.images.remove_rw_layer(cid)
                 except Exception:
@@ -431,14 +444,23 @@ class ContainersService:
                 raise NotModified("container already started")
             if state.Status in ("removing", "dead") or container.RemovalInProgress:
                 raise Conflict("container is marked for removal and cannot be started")
-            await self._start_locked(container)
+            try:
+                await self._start_locked(container)
+            except Exception:
+                # dockerd removes an AutoRemove container whose start failed (the CLI's
+                # `run --rm` waits for that removal).
+                if container.HostConfig.get("AutoRemove"):
+                    self._spawn(self._auto_remove, container)  # once the lock is released
+                raise
 
     async def _start_locked(self, container: Container) -> None:
         client = await self.bridge.wait_client()
         rootfs = Path(await self.images.mount_rw_layer(container.Id))
         runtime = Runtime()
         try:
-            spec = self._spec(container, rootfs)
+            volume_mounts = await self.mounts.setup(container, rootfs)
+            container.sync_mounts()
+            spec = self._spec(container, rootfs, volume_mounts)
             fifos = self._fifos(container)
             with_stdin = bool(container.Config.get("OpenStdin"))
             runtime.io = ProcessIO(fifos, with_stdin=with_stdin, before_create=True)
@@ -464,11 +486,9 @@ class ContainersService:
                     await runtime.io.aclose()
                 if runtime.logger is not None:
                     runtime.logger.close()
+                self.mounts.exited(container.Id)
+                await self.mounts.teardown(container)
                 await self.images.unmount_rw_layer(container.Id)
-            if container.HostConfig.get("AutoRemove"):
-                # As dockerd: an --rm container that failed to start goes; `docker run` waits
-                # for its removal. After the lock is released, hence a task.
-                self._spawn(self._auto_remove, container)
             if isinstance(exc, ContainerdError | InvalidParameter):
                 container.State.Error = exc.message
                 container.State.ExitCode = 128
@@ -487,7 +507,12 @@ class ContainersService:
         self._publish(container, "start")
         self._changed_now()
 
-    def _spec(self, container: Container, rootfs: Path) -> dict[str, Any]:
+    def _spec(
+        self,
+        container: Container,
+        rootfs: Path,
+        volume_mounts: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         config, host = container.Config, container.HostConfig
         hostname = config.get("Hostname") or container.short_id
         uid, gid, groups = oci.resolve_user(
@@ -501,7 +526,7 @@ class ContainersService:
         mounts = [
             {"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate"]}
             for dest, src in etc_files.items()
-        ] + oci.bind_mounts(host)
+        ] + (volume_mounts or [])
         spec = build_spec(
             args=[container.Path, *container.Args],
             env=oci.process_env(container, hostname),
@@ -531,6 +556,8 @@ class ContainersService:
         if profile is not None:
             spec["linux"]["seccomp"] = profile
         spec["process"]["noNewPrivileges"] = seccomp.no_new_privileges(security_opts)
+        if propagation := rootfs_propagation(volume_mounts or []):
+            spec["linux"]["rootfsPropagation"] = propagation
         return spec
 
     def _namespaces(self, host: dict[str, Any]) -> list[dict[str, str]]:
@@ -579,6 +606,7 @@ class ContainersService:
             if runtime.io is not None:
                 self._spawn(runtime.io.aclose)
             runtime.exited.set()
+        self.mounts.exited(container.Id)
         oom = container.State.OOMKilled
         container.State.set_exited(code, oom=oom, error=error)
         self._exits[container.Id] = self._exits.get(container.Id, 0) + 1
@@ -588,6 +616,7 @@ class ContainersService:
 
     async def _after_exit(self, container: Container) -> None:
         with trio.CancelScope(shield=True):
+            await self.mounts.teardown(container)
             try:
                 await self.images.unmount_rw_layer(container.Id)
             except Exception as exc:
@@ -902,6 +931,9 @@ class ContainersService:
                 await self.images.remove_rw_layer(container.Id)
                 self._fifos(container).remove()
                 self.store.remove(container)
+                await self.mounts.release(
+                    container.Id, container.MountPoints, remove_anonymous=volumes
+                )
             self._locks.pop(container.Id, None)
             self.execs.forget_container(container.Id)
         self._publish(container, "destroy")
@@ -1084,7 +1116,10 @@ class ContainersService:
                 mode = summary["HostConfig"]["NetworkMode"]
                 if not any(v in networks or v == mode for v in values):
                     return False
-            elif key in ("volume", "health", "publish", "expose", "is-task"):
+            elif key == "volume":
+                if not self.mounts.uses(container, values):
+                    return False
+            elif key in ("health", "publish", "expose", "is-task"):
                 continue
             else:
                 raise InvalidParameter(f"invalid filter '{key}'")

@@ -89,7 +89,7 @@ async def info() -> Response:
         "Driver": cfg.storage_driver or "",
         "DriverStatus": [],
         "Plugins": {
-            "Volume": [],
+            "Volume": ["local"],
             "Network": [],
             "Authorization": list(cfg.authorization_plugins) or None,
             "Log": [],
@@ -231,7 +231,7 @@ async def events() -> Response:
 
 @router.route("/system/df", methods=["GET"])
 async def system_df() -> Response:
-    """Disk usage as `docker system df` shows it (volumes and build cache come later)."""
+    """Disk usage as `docker system df` shows it (build cache comes later)."""
     context = ctx()
     images_service = await context.actor("images")
     containers_service = await context.actor("containers")
@@ -242,12 +242,14 @@ async def system_df() -> Response:
     images = images_service.list_images({})
     for image in images:
         image["Containers"] = using.get(image["Id"], 0)
+    volumes_service = await context.actor("volumes")
+    volumes = await volumes_service.usage()
     return json_response(
         {
             "LayersSize": sum(image["Size"] for image in images),
             "Images": images,
             "Containers": containers,
-            "Volumes": [],
+            "Volumes": volumes,
             "BuildCache": [],
         }
     )
