@@ -27,12 +27,16 @@ def log_config(daemon: Daemon, name: str) -> dict[str, object]:
 
 
 def test_daemon_default_local_driver(daemon: Daemon) -> None:
-    daemon.docker("run", "--name", "loc", "busybox", "sh", "-c", "echo out; echo err >&2")
-    assert log_config(daemon, "loc") == {"Type": "local", "Config": {"max-size": "1m"}}
-    logs = daemon.docker("logs", "loc")
-    assert (logs.stdout, logs.stderr) == ("out\n", "err\n")
-    assert daemon.docker("logs", "--tail", "1", "loc").stderr == "err\n"
-    daemon.docker("rm", "loc")
+    daemon.docker(
+        "run", "--name", "loc", "busybox", "sh", "-c", "echo out; sleep 0.2; echo err >&2"
+    )
+    try:
+        assert log_config(daemon, "loc") == {"Type": "local", "Config": {"max-size": "1m"}}
+        logs = daemon.docker("logs", "loc")
+        assert (logs.stdout, logs.stderr) == ("out\n", "err\n")
+        assert daemon.docker("logs", "--tail", "1", "loc").stderr == "err\n"
+    finally:
+        daemon.docker("rm", "loc")
 
 
 def test_local_driver_follow(daemon: Daemon) -> None:
