@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from actors.containerd.bridge import ContainerdBridge
     from actors.containers.service import ContainersService
     from actors.images.service import ImagesService
+    from actors.network.service import NetworkService
 
 log = logging.getLogger("pydockerd.daemon")
 
@@ -89,6 +90,7 @@ class Daemon:
         self.containerd: ContainerdBridge | None = None
         self.images: ImagesService | None = None
         self.containers: ContainersService | None = None
+        self.network: NetworkService | None = None
         self._reload_lock = trio.Lock()
 
     def children(self) -> list[ChildSpec]:
@@ -106,6 +108,7 @@ class Daemon:
             ChildSpec(id="api", start=self.api.run, shutdown=20.0),
             ChildSpec(id="containerd", start=self._run_containerd, shutdown=15.0),
             ChildSpec(id="images", start=self._run_images, shutdown=5.0),
+            ChildSpec(id="network", start=self._run_network, shutdown=10.0),
             ChildSpec(id="containers", start=self._run_containers, shutdown=30.0),
         ]
 
@@ -134,6 +137,23 @@ class Daemon:
         assert self.images is not None
         await self.images.run(stopping=stopping, task_status=task_status)
 
+    async def _run_network(self, *, stopping: trio.Event, task_status: Any) -> None:
+        if self.network is None:
+            module = await trio.to_thread.run_sync(
+                importlib.import_module, "actors.network.service"
+            )
+            self.network = module.NetworkService(
+                data_root=Path(self.cfg.data_root),
+                exec_root=Path(self.cfg.exec_root),
+                events=self.events,
+                bridge=self.cfg.bridge,
+                bip=self.cfg.bip,
+                mtu=self.cfg.mtu,
+            )
+            self.context.register("network", self.network)
+        assert self.network is not None
+        await self.network.run(stopping=stopping, task_status=task_status)
+
     async def _run_containers(self, *, stopping: trio.Event, task_status: Any) -> None:
         if self.containers is None:
             assert self.containerd is not None and self.images is not None
@@ -146,6 +166,7 @@ class Daemon:
                 bridge=self.containerd,
                 images=self.images,
                 events=self.events,
+                network=self.network,
                 cgroup_parent=f"/{self.cfg.containerd_namespace}",
                 default_ulimits=lambda: [
                     {"Name": u.name, "Soft": u.soft, "Hard": u.hard}

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import msgspec
 import trio
@@ -39,6 +39,9 @@ from kernel.clock import now_rfc3339, parse_time
 from kernel.errors import Conflict, InternalError, InvalidParameter, NotModified, Unavailable
 from kernel.fsutil import atomic_write
 from kernel.threadpipe import run_with_input
+
+if TYPE_CHECKING:
+    from actors.network.service import NetworkService
 
 log = logging.getLogger("pydockerd.containers")
 
@@ -85,6 +88,7 @@ class ContainersService:
         bridge: ContainerdBridge,
         images: ImageProvider,
         events: EventsService,
+        network: NetworkService | None = None,
         cgroup_parent: str = "/pydockerd",
         default_ulimits: Callable[[], list[dict[str, Any]]] = list,
         live_restore: Callable[[], bool] = lambda: False,
@@ -96,6 +100,7 @@ class ContainersService:
         self.bridge = bridge
         self.images = images
         self.events = events
+        self.network = network
         self.cgroup_parent = cgroup_parent
         self.default_ulimits = default_ulimits
         self.live_restore = live_restore
@@ -200,6 +205,8 @@ class ContainersService:
                 self._reattach(container, task.status == TaskStatus.PAUSED)
         if not self._policies_applied:
             self._policies_applied = True
+            if self.network is not None:  # undo the sandboxes of containers gone meanwhile
+                await self.network.reconcile({c.Id for c in self.store if c.State.Running})
             await self._start_by_policy()
 
     def _reattach(self, container: Container, paused: bool) -> None:
@@ -271,7 +278,7 @@ class ContainersService:
 
     async def create(self, name: str, body: dict[str, Any]) -> tuple[str, list[str]]:
         host_config: dict[str, Any] = body.pop("HostConfig", None) or {}
-        body.pop("NetworkingConfig", None)
+        networking = body.pop("NetworkingConfig", None) or {}
         config = body
         warnings = validate_host_config(host_config)
         ref = config.get("Image") or ""
@@ -284,6 +291,11 @@ class ContainersService:
         argv = entrypoint + cmd
         if not argv:
             raise InvalidParameter("No command specified")
+        network_settings = (
+            self.network.plan(host_config, networking)
+            if self.network is not None
+            else empty_network_settings()
+        )
         cid = self.store.new_id()
         full_name = self.store.reserve_name(name, cid)
         try:
@@ -311,7 +323,7 @@ class ContainersService:
                 ResolvConfPath=str(directory / "resolv.conf"),
                 HostnamePath=str(directory / "hostname"),
                 HostsPath=str(directory / "hosts"),
-                NetworkSettings=empty_network_settings(),
+                NetworkSettings=network_settings,
             )
             self._write_etc_files(container)
             self.store.add(container)
@@ -330,11 +342,13 @@ class ContainersService:
     def _write_etc_files(self, container: Container) -> None:
         hostname = container.Config.get("Hostname") or container.short_id
         atomic_write(Path(container.HostnamePath), f"{hostname}\n".encode())
-        atomic_write(
-            Path(container.HostsPath),
-            oci.hosts_file(hostname, None, container.HostConfig.get("ExtraHosts") or []).encode(),
-        )
-        atomic_write(Path(container.ResolvConfPath), oci.resolv_conf().encode())
+        if self.network is not None:
+            hosts, resolv = self.network.etc_files(container)
+        else:
+            extra = container.HostConfig.get("ExtraHosts") or []
+            hosts, resolv = oci.hosts_file(hostname, None, extra), oci.resolv_conf()
+        atomic_write(Path(container.HostsPath), hosts.encode())
+        atomic_write(Path(container.ResolvConfPath), resolv.encode())
 
     # -- start -------------------------------------------------------------------
 
@@ -355,6 +369,9 @@ class ContainersService:
         rootfs = Path(await self.images.mount_rw_layer(container.Id))
         runtime = Runtime()
         try:
+            if self.network is not None:  # the sandbox exists before the task
+                container.NetworkSettings = await self.network.attach(container)
+                self._write_etc_files(container)
             spec = self._spec(container, rootfs)
             fifos = self._fifos(container)
             with_stdin = bool(container.Config.get("OpenStdin"))
@@ -382,6 +399,8 @@ class ContainersService:
                 if runtime.logger is not None:
                     runtime.logger.close()
                 await self.images.unmount_rw_layer(container.Id)
+                if self.network is not None:
+                    container.NetworkSettings = await self.network.release(container)
             if isinstance(exc, ContainerdError | InvalidParameter):
                 container.State.Error = exc.message
                 container.State.ExitCode = 128
@@ -429,7 +448,7 @@ class ContainersService:
             cap_add=host.get("CapAdd") or [],
             cap_drop=host.get("CapDrop") or [],
             extra_mounts=mounts,
-            namespaces=self._namespaces(host),
+            namespaces=self._namespaces(host, container.NetworkSettings.get("SandboxKey") or ""),
             resources=oci.resources(host),
             rlimits=oci.rlimits(host, self.default_ulimits()),
             cgroups_path=f"{self.cgroup_parent}/{container.Id}",
@@ -439,17 +458,21 @@ class ContainersService:
         spec["root"]["path"] = str(rootfs)
         return spec
 
-    def _namespaces(self, host: dict[str, Any]) -> list[dict[str, str]]:
+    def _namespaces(self, host: dict[str, Any], sandbox_key: str = "") -> list[dict[str, str]]:
         namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
         mode = host.get("NetworkMode") or "default"
         if mode.startswith("container:"):
             other = self.store.get(mode.split(":", 1)[1])
             if not other.State.Running:
                 raise Conflict(f"cannot join network of a non running container: {other.Id}")
-            namespaces.append({"type": "network", "path": f"/proc/{other.State.Pid}/ns/net"})
+            if (other.HostConfig.get("NetworkMode") or "") != "host":
+                path = other.NetworkSettings.get("SandboxKey") or f"/proc/{other.State.Pid}/ns/net"
+                namespaces.append({"type": "network", "path": path})
         elif mode != "host":
-            # Until the network actor lands, bridge networks behave like `none`.
-            namespaces.append({"type": "network"})
+            # The network actor's namespace (made before the task); without it, a new one.
+            namespaces.append(
+                {"type": "network", "path": sandbox_key} if sandbox_key else {"type": "network"}
+            )
         if host.get("PidMode") == "host":
             namespaces = [n for n in namespaces if n["type"] != "pid"]
         if host.get("IpcMode") == "host":
@@ -494,6 +517,14 @@ class ContainersService:
 
     async def _after_exit(self, container: Container) -> None:
         with trio.CancelScope(shield=True):
+            if self.network is not None and not container.State.Running:
+                try:
+                    settings = await self.network.release(container)
+                    if self.store.get_or_none(container.Id) is not None:
+                        container.NetworkSettings = settings
+                        self.store.save(container)
+                except Exception as exc:
+                    log.warning("releasing the network of %s: %s", container.short_id, exc)
             try:
                 await self.images.unmount_rw_layer(container.Id)
             except Exception as exc:
@@ -760,6 +791,8 @@ class ContainersService:
                     pass
                 await self.images.unmount_rw_layer(container.Id)
                 await self.images.remove_rw_layer(container.Id)
+                if self.network is not None:
+                    await self.network.release(container)
                 self._fifos(container).remove()
                 self.store.remove(container)
             self._locks.pop(container.Id, None)
