@@ -23,9 +23,9 @@ def create_app(context: ApiContext, settings: ApiSettings) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = None
     app.url_map.strict_slashes = False
 
-    from api.routes import containers, images, system
+    from api.routes import containers, images, networks, system
 
-    for module in (system, images, containers):
+    for module in (system, images, containers, networks):
         app.register_blueprint(module.router)
     if settings.debug:  # a reload that turns debug on or off swaps this in or out
         from api.routes import debug

@@ -14,7 +14,7 @@ import re
 import shlex
 import shutil
 import signal as signals
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -760,6 +760,17 @@ class ContainersService:
             self.store.save(container)
         self._publish(container, "update")
         return warnings
+
+    async def change_network(
+        self, ref: str, change: Callable[[Container], Awaitable[dict[str, Any]]]
+    ) -> None:
+        """`docker network connect/disconnect`: the network actor computes the new
+        NetworkSettings; the record and /etc/hosts follow."""
+        container = self.store.get(ref)
+        async with self._lock(container.Id):
+            container.NetworkSettings = await change(container)
+            self.store.save(container)
+            self._write_etc_files(container)
 
     # -- remove ---------------------------------------------------------------------
 
