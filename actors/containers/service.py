@@ -36,7 +36,14 @@ from actors.containers.store import ContainerStore
 from actors.containers.streams import OutputHub
 from actors.events import EventsService
 from kernel.clock import now_rfc3339, parse_time
-from kernel.errors import Conflict, InternalError, InvalidParameter, NotModified, Unavailable
+from kernel.errors import (
+    Conflict,
+    DaemonError,
+    InternalError,
+    InvalidParameter,
+    NotModified,
+    Unavailable,
+)
 from kernel.fsutil import atomic_write
 from kernel.threadpipe import run_with_input
 
@@ -362,7 +369,18 @@ class ContainersService:
                 raise NotModified("container already started")
             if state.Status in ("removing", "dead") or container.RemovalInProgress:
                 raise Conflict("container is marked for removal and cannot be started")
-            await self._start_locked(container)
+            try:
+                await self._start_locked(container)
+            except DaemonError:
+                if container.HostConfig.get("AutoRemove"):  # as dockerd: `run --rm` ends here
+                    self._spawn(self._auto_remove, container.Id)
+                raise
+
+    async def _auto_remove(self, cid: str) -> None:
+        try:
+            await self.remove(cid, force=True, volumes=True)
+        except DaemonError as exc:
+            log.error("auto-removing %s: %s", cid[:12], exc)
 
     async def _start_locked(self, container: Container) -> None:
         client = await self.bridge.wait_client()

@@ -458,11 +458,18 @@ class NetworkService:
                 )
             return settings
         endpoints: dict[str, Any] = dict(networking.get("EndpointsConfig") or {})
-        primary = self.get("bridge" if mode == "default" else mode)
-        wanted = [(primary, endpoints.pop(mode, None) or endpoints.pop(primary.Name, None))]
-        for ref, config in endpoints.items():
-            wanted.append((self.get(ref), config))
-        for network, config in wanted:
+        primary = "bridge" if mode == "default" else mode
+        wanted = [(primary, endpoints.pop(mode, None) or endpoints.pop(primary, None))]
+        wanted += list(endpoints.items())
+        for ref, config in wanted:
+            try:
+                network = self.get(ref)
+            except NotFound:
+                # As dockerd: a missing network fails the start, not the create (a 404
+                # here would make the CLI try to pull the image).
+                settings["Networks"][ref] = {**_endpoint_settings(Network(Name=ref, Id="",
+                                             Created=""), config), "NetworkID": ""}  # fmt: skip
+                continue
             self._check_endpoint_config(network, config or {})
             settings["Networks"][network.Name] = _endpoint_settings(network, config)
         if mode == "host" and (host.get("PortBindings") or host.get("PublishAllPorts")):
@@ -511,7 +518,10 @@ class NetworkService:
                 netns=str(self.netns_dir / container.Id),
             )
             for name, endpoint_settings in settings["Networks"].items():
-                network = self.get(endpoint_settings.get("NetworkID") or name)
+                try:
+                    network = self.get(endpoint_settings.get("NetworkID") or name)
+                except NotFound as exc:
+                    raise NotFound(f"failed to set up container networking: {exc}") from None
                 if network.Driver == "bridge":
                     endpoint = self._new_endpoint(container, network, sandbox, endpoint_settings)
                     sandbox.endpoints.append(endpoint)

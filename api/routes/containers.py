@@ -114,8 +114,13 @@ async def stats(name: str) -> Response:
         if previous is None and not stream and not one_shot:
             previous = reading(None)
             await trio.sleep(0.1)
+        network = ctx().actors.get("network")
         while True:
             current = reading(previous)
+            if network is not None and container.State.Running:
+                networks = await network.counters(container.Id)  # per interface, in its netns
+                if networks:
+                    current["networks"] = networks
             yield json.dumps(current).encode() + b"\n"
             if not stream:
                 return

@@ -1,0 +1,395 @@
+"""Container networking end to end: bridge networks, names, published ports, modes,
+restarts, and what is left behind (nothing). Real docker CLI, real kernel objects."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon import Daemon, free_subnet, running_daemon
+from tests.fixtures.busybox import busybox_archive
+
+HTTPD = "mkdir -p /www && echo hello-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"
+# A UDP echo server: the host's python, bind-mounted read-only (busybox has no UDP server).
+HOST_PYTHON = ["-v", "/usr:/usr:ro", "-v", "/lib:/lib:ro", "-v", "/lib64:/lib64:ro"]
+UDP_ECHO = (
+    "import socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.bind(('0.0.0.0', 9999))\n"
+    "while True:\n"
+    "    data, peer = s.recvfrom(65535)\n"
+    "    s.sendto(b'echo:' + data, peer)\n"
+)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return busybox_archive(tmp_path_factory.mktemp("fixtures") / "busybox.tar")
+
+
+@pytest.fixture(scope="module")
+def daemon(archive: Path) -> Iterator[Daemon]:
+    with running_daemon() as d:
+        d.docker("load", "-i", str(archive))
+        yield d
+
+
+def inspect(d: Daemon, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(d.docker("inspect", name).stdout)[0]
+    return data
+
+
+def fetch(url: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return str(response.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {line.split(": ")[1].split("@")[0] for line in out.splitlines()}
+
+
+def cleanup(d: Daemon, containers: list[str], networks: list[str] = []) -> None:  # noqa: B006
+    if containers:
+        d.docker("rm", "-f", *containers, check=False)
+    for network in networks:
+        d.docker("network", "rm", network, check=False)
+
+
+def test_user_network_names_aliases_and_http(daemon: Daemon) -> None:
+    subnet = str(free_subnet())
+    try:
+        daemon.docker("network", "create", "--subnet", subnet, "--label", "t=1", "appnet")
+        daemon.docker("run", "-d", "--name", "srv", "--network", "appnet",
+                      "--network-alias", "web", "busybox", "sh", "-c", HTTPD)  # fmt: skip
+        daemon.docker("run", "-d", "--name", "cli", "--network", "appnet",
+                      "busybox", "sleep", "300")  # fmt: skip
+        assert daemon.docker("exec", "cli", "ping", "-c1", "-W2", "srv").returncode == 0
+        for name in ("srv", "web"):
+            page = daemon.docker("exec", "cli", "timeout", "10", "wget", "-qO-",
+                                 f"http://{name}:8080/")  # fmt: skip
+            assert page.stdout.startswith("hello-")
+        srv = inspect(daemon, "srv")
+        endpoint = srv["NetworkSettings"]["Networks"]["appnet"]
+        assert endpoint["IPAddress"].rsplit(".", 1)[0] == subnet.rsplit(".", 1)[0]
+        assert endpoint["Aliases"] == ["web"]
+        assert {"srv", "web", srv["Id"][:12]} <= set(endpoint["DNSNames"])
+        short_id = daemon.docker("exec", "cli", "nslookup", srv["Id"][:12])
+        assert endpoint["IPAddress"] in short_id.stdout
+        resolv = daemon.docker("exec", "cli", "cat", "/etc/resolv.conf").stdout
+        assert resolv.startswith("nameserver 127.0.0.11\n")
+        network = json.loads(daemon.docker("network", "inspect", "appnet").stdout)[0]
+        assert network["IPAM"]["Config"][0]["Subnet"] == subnet
+        assert network["Labels"] == {"t": "1"}
+        assert {c["Name"] for c in network["Containers"].values()} == {"srv", "cli"}
+        # A name that is not ours is forwarded, and a failure answers fast (no hang).
+        start = time.monotonic()
+        daemon.docker("exec", "cli", "nslookup", "no-such-name.invalid", check=False)
+        assert time.monotonic() - start < 8
+    finally:
+        cleanup(daemon, ["srv", "cli"], ["appnet"])
+
+
+def test_published_tcp_and_udp_ports(daemon: Daemon) -> None:
+    try:
+        daemon.docker("run", "-d", "--name", "pub", "-p", "127.0.0.1:0:8080",
+                      "busybox", "sh", "-c", HTTPD)  # fmt: skip
+        port = daemon.docker("port", "pub", "8080").stdout.strip()
+        assert port.startswith("127.0.0.1:")
+        assert fetch(f"http://{port}/").startswith("hello-")
+        ports = inspect(daemon, "pub")["NetworkSettings"]["Ports"]
+        assert ports["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": port.split(":")[1]}]
+        assert "->8080/tcp" in daemon.docker("ps", "--format", "{{.Ports}}").stdout
+        daemon.docker("run", "-d", "--name", "udp", "-p", "127.0.0.1:0:9999/udp", *HOST_PYTHON,
+                      "busybox", "/usr/bin/python3", "-c", UDP_ECHO)  # fmt: skip
+        udp_port = int(daemon.docker("port", "udp", "9999/udp").stdout.strip().split(":")[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.5)
+            reply = b""
+            deadline = time.monotonic() + 15
+            while not reply and time.monotonic() < deadline:
+                sock.sendto(b"ping", ("127.0.0.1", udp_port))
+                try:
+                    reply = sock.recv(100)
+                except TimeoutError:
+                    continue
+        assert reply == b"echo:ping"
+        daemon.docker("stop", "-t", "1", "pub")
+        with pytest.raises(OSError):  # the proxy closes with the container
+            urllib.request.urlopen(f"http://{port}/", timeout=2)
+    finally:
+        cleanup(daemon, ["pub", "udp"])
+
+
+def test_publish_all_and_port_conflict(daemon: Daemon) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        daemon.docker("run", "-d", "--name", "all", "--expose", "8080", "-P",
+                      "busybox", "sh", "-c", HTTPD)  # fmt: skip
+        bound = daemon.docker("port", "all").stdout.strip()
+        assert bound.startswith("8080/tcp -> 0.0.0.0:")
+        assert fetch(f"http://127.0.0.1:{bound.rsplit(':', 1)[1]}/").startswith("hello-")
+        busy = taken.getsockname()[1]
+        clash = daemon.docker("run", "-d", "--name", "clash", "-p", f"127.0.0.1:{busy}:80",
+                              "busybox", "sleep", "300", check=False)  # fmt: skip
+        assert clash.returncode == 125
+        assert "driver failed programming external connectivity on endpoint clash" in clash.stderr
+        assert f"listen tcp4 127.0.0.1:{busy}: bind: address already in use" in clash.stderr
+        assert not inspect(daemon, "clash")["State"]["Running"]
+        assert not list((daemon.exec_root / "netns").glob(inspect(daemon, "clash")["Id"]))
+    finally:
+        taken.close()
+        cleanup(daemon, ["all", "clash"])
+
+
+def test_network_modes(daemon: Daemon) -> None:
+    try:
+        none = daemon.docker("run", "--rm", "--network", "none", "busybox", "ip", "-o", "link")
+        assert [line.split(": ")[1] for line in none.stdout.splitlines()] == ["lo"]
+        host = daemon.docker("run", "--rm", "--network", "host", "busybox", "ip", "-o", "link")
+        names = {line.split(": ")[1].split("@")[0] for line in host.stdout.splitlines()}
+        assert daemon.bridge in names and "eth0" in names
+        daemon.docker("run", "-d", "--name", "owner", "busybox", "sleep", "300")
+        address = inspect(daemon, "owner")["NetworkSettings"]["IPAddress"]
+        shared = daemon.docker("run", "--rm", "--network", "container:owner",
+                               "busybox", "ip", "-4", "-o", "addr")  # fmt: skip
+        assert f"inet {address}/24" in shared.stdout
+    finally:
+        cleanup(daemon, ["owner"])
+
+
+def test_default_bridge_inspect_etc_files_and_links(daemon: Daemon) -> None:
+    try:
+        daemon.docker("run", "-d", "--name", "first", "busybox", "sleep", "300")
+        settings = inspect(daemon, "first")["NetworkSettings"]
+        gateway = daemon.bip.split("/")[0]
+        assert settings["Gateway"] == gateway and settings["IPPrefixLen"] == 24
+        assert settings["IPAddress"].rsplit(".", 1)[0] == gateway.rsplit(".", 1)[0]
+        assert settings["MacAddress"].startswith("02:42:")
+        assert settings["Networks"]["bridge"]["IPAddress"] == settings["IPAddress"]
+        assert settings["SandboxKey"].startswith(str(daemon.exec_root / "netns"))
+        out = daemon.docker(
+            "run", "--rm", "--hostname", "box", "--add-host", "db.example:10.1.2.3",
+            "--dns", "10.9.9.9", "--dns-search", "corp.example", "--link", "first:buddy",
+            "busybox", "sh", "-c", "cat /etc/hosts /etc/resolv.conf; hostname; ip -4 -o addr",
+        ).stdout  # fmt: skip
+        assert "10.1.2.3\tdb.example" in out
+        assert f"{settings['IPAddress']}\tbuddy first" in out
+        assert "nameserver 10.9.9.9" in out and "search corp.example" in out
+        own = next(line.split()[3] for line in out.splitlines() if " eth0 " in line)
+        assert f"{own.split('/')[0]}\tbox" in out and "\nbox\n" in out
+        # Bridge traffic between two containers passes whatever br_netfilter says.
+        ping = daemon.docker("run", "--rm", "busybox", "ping", "-c1", "-W2", settings["IPAddress"])
+        assert ping.returncode == 0
+        switch = Path(f"/sys/class/net/{daemon.bridge}/bridge/nf_call_iptables")
+        assert not switch.exists() or switch.read_text().strip() == "0"
+    finally:
+        cleanup(daemon, ["first"])
+
+
+def test_connect_disconnect_and_events(daemon: Daemon) -> None:
+    since = str(time.time() - 1)
+    subnet = free_subnet()
+    try:
+        daemon.docker("network", "create", "--subnet", str(subnet), "--ip-range",
+                      str(subnet).replace(".0/24", ".128/25"), "side")  # fmt: skip
+        daemon.docker("run", "-d", "--name", "roamer", "busybox", "sleep", "300")
+        daemon.docker("run", "-d", "--name", "peer", "--network", "side", "busybox", "sleep", "300")
+        wanted = str(subnet[200])
+        daemon.docker("network", "connect", "--alias", "rover", "--ip", wanted, "side", "roamer")
+        settings = inspect(daemon, "roamer")["NetworkSettings"]["Networks"]
+        assert settings["side"]["IPAddress"] == wanted and "bridge" in settings
+        assert inspect(daemon, "peer")["NetworkSettings"]["Networks"]["side"][
+            "IPAddress"
+        ].split(".")[-1] == "129"  # the first address of --ip-range
+        assert daemon.docker("exec", "peer", "ping", "-c1", "-W2", "rover").returncode == 0
+        eth1 = daemon.docker("exec", "roamer", "ip", "-4", "-o", "addr", "show", "eth1").stdout
+        assert f"inet {wanted}/24" in eth1
+        daemon.docker("network", "disconnect", "side", "roamer")
+        assert "side" not in inspect(daemon, "roamer")["NetworkSettings"]["Networks"]
+        gone = daemon.docker("exec", "roamer", "ip", "link", "show", "eth1", check=False)
+        assert gone.returncode != 0
+        cleanup(daemon, ["roamer", "peer"], ["side"])
+        events = daemon.docker("events", "--since", since, "--until", str(time.time()),
+                               "--filter", "type=network",
+                               "--format", "{{.Action}} {{.Actor.Attributes.name}}")  # fmt: skip
+        actions = [line for line in events.stdout.splitlines() if line.endswith(" side")]
+        assert actions[0] == "create side" and actions[-1] == "destroy side"
+        assert "connect side" in actions and "disconnect side" in actions
+    finally:
+        cleanup(daemon, ["roamer", "peer"], ["side"])
+
+
+def test_bad_input(daemon: Daemon) -> None:
+    subnet = free_subnet()
+    outside = str(free_subnet()[5])
+    try:
+        daemon.docker("network", "create", "--subnet", str(subnet), "bad1")
+        overlap = daemon.docker("network", "create", "--subnet", str(subnet), "bad2", check=False)
+        assert "Pool overlaps with other one on this address space" in overlap.stderr
+        twice = daemon.docker("network", "create", "bad1", check=False)
+        assert "network with name bad1 already exists" in twice.stderr
+        stray = daemon.docker("run", "--rm", "--network", "bad1", "--ip", outside,
+                              "busybox", "true", check=False)  # fmt: skip
+        assert stray.returncode == 125
+        assert f"no configured subnet or ip-range contain the IP address {outside}" in stray.stderr
+        default_ip = daemon.docker("run", "--rm", "--ip", str(subnet[9]), "busybox", "true",
+                                   check=False)  # fmt: skip
+        assert "user specified IP address is supported on user defined networks only" in (
+            default_ip.stderr
+        )
+        missing = daemon.docker("run", "--rm", "--network", "nope", "busybox", "true", check=False)
+        assert "network nope not found" in missing.stderr
+        daemon.docker("run", "-d", "--name", "user", "--network", "bad1", "busybox", "sleep", "300")
+        busy = daemon.docker("network", "rm", "bad1", check=False)
+        assert busy.returncode != 0 and "has active endpoints" in busy.stderr
+        again = daemon.docker("network", "connect", "bad1", "user", check=False)
+        assert "endpoint with name user already exists in network bad1" in again.stderr
+        builtin = daemon.docker("network", "rm", "bridge", check=False)
+        assert "bridge is a pre-defined network and cannot be removed" in builtin.stderr
+        client = daemon.client()
+        try:
+            response = client.api.post(
+                client.api._url("/networks/create"),
+                json={"Name": "bad3", "IPAM": {"Config": [{"Subnet": str(subnet)}]}},
+            )
+            assert response.status_code == 403
+            assert response.json()["message"] == (
+                "invalid pool request: Pool overlaps with other one on this address space"
+            )
+            assert client.api.delete(client.api._url("/networks/nope")).status_code == 404
+        finally:
+            client.close()
+    finally:
+        cleanup(daemon, ["user"], ["bad1", "bad2", "bad3"])
+
+
+def test_ls_filters_prune_and_docker_py(daemon: Daemon) -> None:
+    client = daemon.client()
+    try:
+        created = client.networks.create("pynet", labels={"keep": "no"})
+        assert created.attrs["IPAM"]["Config"][0]["Subnet"]
+        listed = daemon.docker("network", "ls", "--filter", "type=custom",
+                               "--format", "{{.Name}}").stdout.split()  # fmt: skip
+        assert "pynet" in listed and "bridge" not in listed
+        by_label = daemon.docker("network", "ls", "-q", "--filter", "label=keep=no").stdout
+        assert by_label.strip() == created.id[:12]
+        container = client.containers.run("busybox", "sleep 300", detach=True, network="pynet")
+        container.reload()
+        assert container.attrs["NetworkSettings"]["Networks"]["pynet"]["IPAddress"]
+        container.remove(force=True)
+        pruned = daemon.docker("network", "prune", "-f").stdout
+        assert "pynet" in pruned
+        assert "pynet" not in daemon.docker("network", "ls").stdout
+    finally:
+        client.close()
+        cleanup(daemon, [], ["pynet"])
+
+
+def test_stats_have_network_counters(daemon: Daemon) -> None:
+    try:
+        daemon.docker("run", "-d", "--name", "counted", "busybox", "sleep", "300")
+        gateway = daemon.bip.split("/")[0]
+        daemon.docker("exec", "counted", "ping", "-c2", "-W1", gateway, check=False)
+        client = daemon.client()
+        try:
+            stats = client.api.stats("counted", stream=False)
+        finally:
+            client.close()
+        assert stats["networks"]["eth0"]["tx_packets"] >= 2
+        assert stats["networks"]["eth0"]["rx_bytes"] > 0
+    finally:
+        cleanup(daemon, ["counted"])
+
+
+def _our_leftovers(d: Daemon) -> tuple[list[str], list[str]]:
+    """(netns files, sandbox records) the daemon still has."""
+    netns = sorted(p.name for p in (d.exec_root / "netns").glob("*"))
+    records = sorted(p.name for p in (d.data_root / "network" / "sandboxes").glob("*.json"))
+    return netns, records
+
+
+def test_removing_everything_leaves_nothing(daemon: Daemon) -> None:
+    subnet = str(free_subnet())
+    daemon.docker("network", "create", "--subnet", subnet, "-o",
+                  "com.docker.network.bridge.name=pydtmpbr0", "tidy")  # fmt: skip
+    daemon.docker("run", "-d", "--name", "t1", "--network", "tidy", "busybox", "sleep", "300")
+    daemon.docker("run", "-d", "--name", "t2", "-p", "127.0.0.1:0:80", "busybox", "sleep", "300")
+    veths = {
+        endpoint["host_if"]
+        for path in (daemon.data_root / "network" / "sandboxes").glob("*.json")
+        for endpoint in json.loads(path.read_text())["endpoints"]
+    }
+    assert len(veths) >= 2 and veths <= links() and "pydtmpbr0" in links()
+    daemon.docker("rm", "-f", "t1", "t2")
+    daemon.docker("network", "rm", "tidy")
+    assert not (veths | {"pydtmpbr0"}) & links()
+    assert _our_leftovers(daemon) == ([], [])
+
+
+def test_live_restore_keeps_address_port_and_names(archive: Path) -> None:
+    with running_daemon("--live-restore") as d:
+        subnet = str(free_subnet())
+        d.docker("load", "-i", str(archive))
+        d.docker("network", "create", "--subnet", subnet, "lr")
+        d.docker("run", "-d", "--name", "kept", "--network", "lr", "-p", "127.0.0.1:0:8080",
+                 "busybox", "sh", "-c", HTTPD)  # fmt: skip
+        before = inspect(d, "kept")["NetworkSettings"]
+        port = d.docker("port", "kept", "8080").stdout.strip()
+        assert fetch(f"http://{port}/").startswith("hello-")
+        assert d.proc is not None
+        d.proc.kill()  # kill -9
+        d.proc.wait()
+        d.start()
+        after = inspect(d, "kept")["NetworkSettings"]
+        assert after["Networks"]["lr"]["IPAddress"] == before["Networks"]["lr"]["IPAddress"]
+        assert after["Ports"] == before["Ports"]
+        assert fetch(f"http://{port}/").startswith("hello-")
+        page = d.docker("run", "--rm", "--network", "lr", "busybox",
+                        "timeout", "10", "wget", "-qO-", "http://kept:8080/")  # fmt: skip
+        assert page.stdout.startswith("hello-")
+        d.docker("rm", "-f", "kept")
+        d.docker("network", "rm", "lr")
+        assert _our_leftovers(d) == ([], [])
+
+
+def test_stale_sandbox_removed_at_daemon_start(archive: Path) -> None:
+    """A container that died while no daemon ran leaves no veth or namespace behind."""
+    with running_daemon() as d:
+        d.docker("load", "-i", str(archive))
+        d.docker("run", "-d", "--name", "doomed", "busybox", "sleep", "300")
+        info = inspect(d, "doomed")
+        record = d.data_root / "network" / "sandboxes" / f"{info['Id']}.json"
+        veth = json.loads(record.read_text())["endpoints"][0]["host_if"]
+        assert veth in links()
+        assert d.proc is not None
+        d.proc.kill()
+        d.proc.wait()
+        os.kill(info["State"]["Pid"], signal.SIGKILL)
+        d.start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (veth in links() or record.exists()):
+            time.sleep(0.1)
+        assert veth not in links() and not record.exists()
+        assert not Path(info["NetworkSettings"]["SandboxKey"]).exists()
+        assert inspect(d, "doomed")["State"]["Status"] == "exited"
+        d.docker("rm", "doomed")
