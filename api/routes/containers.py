@@ -109,12 +109,13 @@ async def stats(name: str) -> Response:
             cgroup_stats.remember(container.Id, current)
         return current
 
+    network = ctx().actors.get("network")  # read here: no app context while streaming
+
     async def samples() -> AsyncIterator[bytes]:
         previous = None if stream or one_shot else cgroup_stats.recent(container.Id)
         if previous is None and not stream and not one_shot:
             previous = reading(None)
             await trio.sleep(0.1)
-        network = ctx().actors.get("network")
         while True:
             current = reading(previous)
             if network is not None and container.State.Running:
