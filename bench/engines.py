@@ -65,7 +65,9 @@ def dockerd_available() -> bool:
 
 
 @contextmanager
-def start_engine(name: str, root: Path | None = None) -> Iterator[tuple[Engine, float]]:
+def start_engine(
+    name: str, root: Path | None = None, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[Engine, float]]:
     """Start `pydockerd` or `dockerd` on temporary roots; yield it and its time to first ping."""
     root = root or Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir="/tmp"))
     sock = str(root / "engine.sock")
@@ -78,7 +80,8 @@ def start_engine(name: str, root: Path | None = None) -> Iterator[tuple[Engine, 
         "--ip-masq=false",
     ]  # fmt: skip
     if name == "pydockerd":
-        argv = [sys.executable, "-m", "kernel.main", *common, "--config-file", str(root / "x.json")]
+        argv = [sys.executable, "-m", "kernel.main", *common, *extra,
+                "--config-file", str(root / "x.json")]  # fmt: skip
     else:
         argv = ["dockerd", *common, "--bridge=none", "--config-file", str(root / "x.json")]
     (root / "x.json").write_text("{}")
