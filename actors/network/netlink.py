@@ -170,31 +170,36 @@ def add_endpoint(
     mtu: int,
     default_route: bool,
 ) -> None:
-    """A veth pair: `host_if` on the bridge, its peer as `ifname` inside the namespace."""
-    peer = host_if + "p"
+    """A veth pair: `host_if` up on the bridge, its peer made directly inside the
+    namespace as `ifname` (one netlink request: moving and renaming a device afterwards
+    costs ~20 ms more)."""
     fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with IPRoute() as ip:
-            ip.link("add", ifname=host_if, kind="veth", peer={"ifname": peer})
-            try:
-                host_index, bridge_index = _index(ip, host_if), _index(ip, bridge)
-                peer_index = _index(ip, peer)
-                if bridge_index is None:
-                    raise OSError(errno.ENODEV, f"bridge {bridge} does not exist")
-                ip.link("set", index=peer_index, net_ns_fd=fd)
-                ip.link("set", index=host_index, master=bridge_index, mtu=mtu, state="up")
-            except BaseException:
-                delete_link(host_if)
-                raise
+            bridge_index = _index(ip, bridge)
+            if bridge_index is None:
+                raise OSError(errno.ENODEV, f"bridge {bridge} does not exist")
+            ip.link(
+                "add",
+                ifname=host_if,
+                kind="veth",
+                master=bridge_index,
+                mtu=mtu,
+                state="up",
+                peer={"ifname": ifname, "net_ns_fd": fd, "address": mac, "mtu": mtu},
+            )
     finally:
         os.close(fd)
-    with entered(netns), IPRoute() as ip:
-        index = _index(ip, peer)
-        ip.link("set", index=index, ifname=ifname, address=mac, mtu=mtu)
-        ip.addr("add", index=index, address=address, prefixlen=prefixlen)
-        ip.link("set", index=index, state="up")
-        if default_route and gateway:
-            ip.route("add", dst="default", gateway=gateway)
+    try:
+        with entered(netns), IPRoute() as ip:
+            index = _index(ip, ifname)
+            ip.addr("add", index=index, address=address, prefixlen=prefixlen)
+            ip.link("set", index=index, state="up")
+            if default_route and gateway:
+                ip.route("add", dst="default", gateway=gateway)
+    except BaseException:
+        delete_link(host_if)
+        raise
 
 
 def remove_endpoint(netns: str, host_if: str, ifname: str) -> None:
