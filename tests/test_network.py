@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -223,6 +224,7 @@ def test_connect_disconnect_and_events(daemon: Daemon) -> None:
         ].split(".")[-1] == "129"  # the first address of --ip-range
         assert daemon.docker("exec", "peer", "ping", "-c1", "-W2", "rover").returncode == 0
         eth1 = daemon.docker("exec", "roamer", "ip", "-4", "-o", "addr", "show", "eth1").stdout
+        assert f"{wanted}\t" in daemon.docker("exec", "roamer", "cat", "/etc/hosts").stdout
         assert f"inet {wanted}/24" in eth1
         daemon.docker("network", "disconnect", "side", "roamer")
         assert "side" not in inspect(daemon, "roamer")["NetworkSettings"]["Networks"]
@@ -396,3 +398,43 @@ def test_stale_sandbox_removed_at_daemon_start(archive: Path) -> None:
         assert not Path(info["NetworkSettings"]["SandboxKey"]).exists()
         assert inspect(d, "doomed")["State"]["Status"] == "exited"
         d.docker("rm", "doomed")
+
+
+def _dns_query(name: str) -> bytes:
+    labels = b"".join(bytes([len(part)]) + part.encode() for part in name.split("."))
+    return bytes.fromhex("123401000001000000000000") + labels + b"\x00\x00\x01\x00\x01"
+
+
+TCP_DNS = (
+    "import socket, struct, sys\n"
+    "q = bytes.fromhex(sys.argv[1])\n"
+    "s = socket.create_connection(('127.0.0.11', 53), 5)\n"
+    "s.sendall(struct.pack('!H', len(q)) + q)\n"
+    "n = struct.unpack('!H', s.recv(2))[0]\n"
+    "data = b''\n"
+    "while len(data) < n:\n"
+    "    data += s.recv(n - len(data))\n"
+    "print(data.hex())\n"
+)
+
+
+def test_internal_mtu_restart_and_tcp_dns(daemon: Daemon) -> None:
+    try:
+        daemon.docker("network", "create", "--internal", "--subnet", str(free_subnet()),
+                      "-o", "com.docker.network.driver.mtu=1400", "inner")  # fmt: skip
+        daemon.docker("run", "-d", "--name", "in1", "--network", "inner", "busybox", "sleep", "300")
+        daemon.docker("run", "-d", "--name", "in2", "--network", "inner", "busybox", "sleep", "300")
+        routes = daemon.docker("exec", "in1", "ip", "route").stdout
+        assert "default" not in routes  # an internal network never routes off the bridge
+        assert "mtu 1400" in daemon.docker("exec", "in1", "ip", "link", "show", "eth0").stdout
+        key = inspect(daemon, "in1")["NetworkSettings"]["SandboxKey"]
+        query = subprocess.run(["nsenter", f"--net={key}", sys.executable, "-c", TCP_DNS,
+                                _dns_query("in2").hex()],
+                               capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert query.returncode == 0, query.stderr
+        in2 = inspect(daemon, "in2")["NetworkSettings"]["Networks"]["inner"]["IPAddress"]
+        assert socket.inet_ntoa(bytes.fromhex(query.stdout.strip())[-4:]) == in2
+        daemon.docker("restart", "-t", "0", "in2")
+        assert daemon.docker("exec", "in1", "ping", "-c1", "-W2", "in2").returncode == 0
+    finally:
+        cleanup(daemon, ["in1", "in2"], ["inner"])

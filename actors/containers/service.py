@@ -788,7 +788,10 @@ class ContainersService:
         async with self._lock(container.Id):
             container.NetworkSettings = await change(container)
             self.store.save(container)
-            self._write_etc_files(container)
+            if self.network is not None and container.State.Running:
+                # Bind-mounted into the container: new content, same inode.
+                hosts, _ = self.network.etc_files(container)
+                Path(container.HostsPath).write_text(hosts)
 
     # -- remove ---------------------------------------------------------------------
 

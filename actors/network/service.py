@@ -772,13 +772,15 @@ class NetworkService:
         await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
 
     async def _reap(self, host_ifs: list[str], grace: float = REAP_GRACE) -> None:
-        with trio.CancelScope(shield=True):
+        try:
             await trio.sleep(grace)
-            for name in host_ifs:
-                try:
-                    await trio.to_thread.run_sync(netlink.delete_link, name)
-                except OSError as exc:
-                    log.warning("removing %s: %s", name, exc)
+        finally:  # at shutdown: at once
+            with trio.CancelScope(shield=True):
+                for name in host_ifs:
+                    try:
+                        await trio.to_thread.run_sync(netlink.delete_link, name)
+                    except OSError as exc:
+                        log.warning("removing %s: %s", name, exc)
 
     async def reconcile(self, running: set[str]) -> None:
         """Once, after the containers actor restored: sandboxes found on disk whose
