@@ -24,6 +24,7 @@ PYDOCKERD = [sys.executable, "-m", "kernel.main"]
 
 
 CREATED_DIRS: list[Path] = []  # removed at the end of the test session (conftest)
+CREATED_DAEMONS: list[Daemon] = []  # their bridges go at the end of the session (conftest)
 
 
 def short_tempdir(prefix: str = "pyd") -> Path:
@@ -100,6 +101,7 @@ class Daemon:
         # Our own default bridge and subnet: parallel daemons never share one.
         self.bridge = f"pyd{secrets.token_hex(4)}"
         self.bip = f"{free_subnet()[1]}/24"
+        CREATED_DAEMONS.append(self)
         self.starts = 0
         # Interpreter arguments before `-m kernel.main` (a launcher script, say).
         self.command_prefix: list[str] = []
