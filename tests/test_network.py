@@ -169,6 +169,8 @@ def test_network_modes(daemon: Daemon) -> None:
         host = daemon.docker("run", "--rm", "--network", "host", "busybox", "ip", "-o", "link")
         names = {line.split(": ")[1].split("@")[0] for line in host.stdout.splitlines()}
         assert daemon.bridge in names and "eth0" in names
+        hosts = daemon.docker("run", "--rm", "--network", "host", "busybox", "cat", "/etc/hosts")
+        assert hosts.stdout == Path("/etc/hosts").read_text()
         daemon.docker("run", "-d", "--name", "owner", "busybox", "sleep", "300")
         address = inspect(daemon, "owner")["NetworkSettings"]["IPAddress"]
         shared = daemon.docker("run", "--rm", "--network", "container:owner",
@@ -219,9 +221,12 @@ def test_connect_disconnect_and_events(daemon: Daemon) -> None:
         daemon.docker("network", "connect", "--alias", "rover", "--ip", wanted, "side", "roamer")
         settings = inspect(daemon, "roamer")["NetworkSettings"]["Networks"]
         assert settings["side"]["IPAddress"] == wanted and "bridge" in settings
-        assert inspect(daemon, "peer")["NetworkSettings"]["Networks"]["side"][
-            "IPAddress"
-        ].split(".")[-1] == "129"  # the first address of --ip-range
+        assert (
+            inspect(daemon, "peer")["NetworkSettings"]["Networks"]["side"]["IPAddress"].split(".")[
+                -1
+            ]
+            == "129"
+        )  # the first address of --ip-range
         assert daemon.docker("exec", "peer", "ping", "-c1", "-W2", "rover").returncode == 0
         eth1 = daemon.docker("exec", "roamer", "ip", "-4", "-o", "addr", "show", "eth1").stdout
         assert f"{wanted}\t" in daemon.docker("exec", "roamer", "cat", "/etc/hosts").stdout
@@ -259,6 +264,11 @@ def test_bad_input(daemon: Daemon) -> None:
         assert "user specified IP address is supported on user defined networks only" in (
             default_ip.stderr
         )
+        daemon.docker("network", "create", "auto")  # a subnet we did not choose: no --ip
+        auto = daemon.docker("run", "--rm", "--network", "auto", "--ip", "172.30.0.9",
+                             "busybox", "true", check=False)  # fmt: skip
+        assert "user specified IP address is supported only when connecting to networks with "\
+            "user configured subnets" in auto.stderr  # fmt: skip
         missing = daemon.docker("run", "--rm", "--network", "nope", "busybox", "true", check=False)
         assert "network nope not found" in missing.stderr
         daemon.docker("run", "-d", "--name", "user", "--network", "bad1", "busybox", "sleep", "300")
@@ -282,7 +292,7 @@ def test_bad_input(daemon: Daemon) -> None:
         finally:
             client.close()
     finally:
-        cleanup(daemon, ["user"], ["bad1", "bad2", "bad3"])
+        cleanup(daemon, ["user"], ["bad1", "bad2", "bad3", "auto"])
 
 
 def test_ls_filters_prune_and_docker_py(daemon: Daemon) -> None:

@@ -79,3 +79,21 @@ def resolv_conf(*, embedded: bool, dns: list[str], search: list[str], options: l
 
 def forward_servers(dns: list[str]) -> list[str]:
     return dns or host_resolv()[0] or list(FALLBACK_DNS)
+
+
+def host_files(extra_hosts: list[str]) -> tuple[str, str]:
+    """`--network host`: the host's own /etc/hosts (plus --add-host) and resolv.conf."""
+    try:
+        hosts = Path("/etc/hosts").read_text()
+    except OSError:
+        hosts = "127.0.0.1\tlocalhost\n"
+    if hosts and not hosts.endswith("\n"):
+        hosts += "\n"
+    for entry in extra_hosts:
+        name, _, ip = entry.partition(":")
+        hosts += f"{ip}\t{name}\n"
+    try:
+        resolv = Path("/etc/resolv.conf").read_text()
+    except OSError:
+        resolv = "".join(f"nameserver {s}\n" for s in FALLBACK_DNS)
+    return hosts, resolv

@@ -31,6 +31,14 @@ class Network(msgspec.Struct, kw_only=True):
     ConfigOnly: bool = False
     Options: dict[str, str] = msgspec.field(default_factory=dict)
     Labels: dict[str, str] = msgspec.field(default_factory=dict)
+    # Ours, not shown: whether the user chose the subnet (only then may endpoints pick --ip).
+    configured_subnet: bool = False
+
+    def view(self) -> dict[str, Any]:
+        """The Engine API object (without Containers)."""
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        data.pop("configured_subnet")
+        return data
 
     @property
     def bridge(self) -> str:

@@ -288,7 +288,7 @@ class NetworkService:
 
     def inspect(self, ref: str) -> dict[str, Any]:
         network = self.get(ref)
-        data: dict[str, Any] = msgspec.to_builtins(network)
+        data = network.view()
         data["Containers"] = {
             sandbox.container_id: {
                 "Name": sandbox.name,
@@ -305,7 +305,7 @@ class NetworkService:
         out = []
         for network in self.networks.values():
             if self._matches(network, filters):
-                data: dict[str, Any] = msgspec.to_builtins(network)
+                data = network.view()
                 data["Containers"] = {}
                 out.append(data)
         return sorted(out, key=lambda n: n["Created"])
@@ -367,6 +367,9 @@ class NetworkService:
                 Labels=dict(body.get("Labels") or {}),
             )
             network.IPAM = await self._plan_ipam(network, body.get("IPAM") or {})
+            network.configured_subnet = bool(network.IPAM["Config"][0].get("Subnet")) and any(
+                c.get("Subnet") for c in (body.get("IPAM") or {}).get("Config") or []
+            )
             if any(
                 n.Driver == "bridge" and n.bridge == network.bridge for n in self.networks.values()
             ):
@@ -489,6 +492,11 @@ class NetworkService:
                     "network-scoped alias is supported only for containers in user defined networks"
                 )
         address = ipam_config.get("IPv4Address")
+        if address and not network.configured_subnet:
+            raise InvalidParameter(
+                "user specified IP address is supported only when connecting to networks with "
+                "user configured subnets"
+            )
         if address:
             subnet = ipaddress.IPv4Network(network.pool["Subnet"])
             ip_range = network.pool.get("IPRange")
@@ -880,6 +888,8 @@ class NetworkService:
 
     def etc_files(self, container: Container) -> tuple[str, str]:
         """(/etc/hosts, /etc/resolv.conf) for the container as it is now."""
+        if (container.HostConfig.get("NetworkMode") or "") == "host":
+            return etc.host_files(container.HostConfig.get("ExtraHosts") or [])
         sandbox = self.sandboxes.get(container.Id)
         endpoints = sandbox.endpoints if sandbox is not None else []
         addresses = [e.address for e in endpoints]
