@@ -100,12 +100,23 @@ def test_user_network_names_aliases_and_http(daemon: Daemon) -> None:
         assert network["IPAM"]["Config"][0]["Subnet"] == subnet
         assert network["Labels"] == {"t": "1"}
         assert {c["Name"] for c in network["Containers"].values()} == {"srv", "cli"}
-        # A name that is not ours is forwarded, and a failure answers fast (no hang).
+        # A name that is not ours is forwarded (here to --dns, a silent address): a failed
+        # forward answers SERVFAIL quickly, never hangs.
+        daemon.docker("run", "-d", "--name", "lost", "--network", "appnet",
+                      "--dns", "192.0.2.254", "busybox", "sleep", "300")  # fmt: skip
+        assert (
+            "ExtServers: [host(192.0.2.254)]"
+            in daemon.docker("exec", "lost", "cat", "/etc/resolv.conf").stdout
+        )
+        key = inspect(daemon, "lost")["NetworkSettings"]["SandboxKey"]
         start = time.monotonic()
-        daemon.docker("exec", "cli", "nslookup", "no-such-name.invalid", check=False)
-        assert time.monotonic() - start < 8
+        reply = bytes.fromhex(dns_in(key, "UDP", "example.com"))
+        assert time.monotonic() - start < 5
+        assert reply[3] & 0x0F == 2  # SERVFAIL
+        answer = bytes.fromhex(dns_in(key, "UDP", "srv"))
+        assert socket.inet_ntoa(answer[-4:]) == endpoint["IPAddress"]
     finally:
-        cleanup(daemon, ["srv", "cli"], ["appnet"])
+        cleanup(daemon, ["srv", "cli", "lost"], ["appnet"])
 
 
 def test_published_tcp_and_udp_ports(daemon: Daemon) -> None:
@@ -415,9 +426,15 @@ def _dns_query(name: str) -> bytes:
     return bytes.fromhex("123401000001000000000000") + labels + b"\x00\x00\x01\x00\x01"
 
 
-TCP_DNS = (
+DNS_CLIENT = (
     "import socket, struct, sys\n"
-    "q = bytes.fromhex(sys.argv[1])\n"
+    "q = bytes.fromhex(sys.argv[2])\n"
+    "if sys.argv[1] == 'UDP':\n"
+    "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "    s.settimeout(10)\n"
+    "    s.sendto(q, ('127.0.0.11', 53))\n"
+    "    print(s.recv(65535).hex())\n"
+    "    sys.exit()\n"
     "s = socket.create_connection(('127.0.0.11', 53), 5)\n"
     "s.sendall(struct.pack('!H', len(q)) + q)\n"
     "n = struct.unpack('!H', s.recv(2))[0]\n"
@@ -426,6 +443,17 @@ TCP_DNS = (
     "    data += s.recv(n - len(data))\n"
     "print(data.hex())\n"
 )
+
+
+def dns_in(netns: str, proto: str, name: str) -> str:
+    """Ask the embedded server from inside a container's namespace (host python)."""
+    query = subprocess.run(
+        ["nsenter", f"--net={netns}", sys.executable, "-c", DNS_CLIENT, proto,
+         _dns_query(name).hex()],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert query.returncode == 0, query.stderr
+    return query.stdout.strip()
 
 
 def test_internal_mtu_restart_and_tcp_dns(daemon: Daemon) -> None:
@@ -438,12 +466,9 @@ def test_internal_mtu_restart_and_tcp_dns(daemon: Daemon) -> None:
         assert "default" not in routes  # an internal network never routes off the bridge
         assert "mtu 1400" in daemon.docker("exec", "in1", "ip", "link", "show", "eth0").stdout
         key = inspect(daemon, "in1")["NetworkSettings"]["SandboxKey"]
-        query = subprocess.run(["nsenter", f"--net={key}", sys.executable, "-c", TCP_DNS,
-                                _dns_query("in2").hex()],
-                               capture_output=True, text=True, timeout=30)  # fmt: skip
-        assert query.returncode == 0, query.stderr
+        reply = dns_in(key, "TCP", "in2")
         in2 = inspect(daemon, "in2")["NetworkSettings"]["Networks"]["inner"]["IPAddress"]
-        assert socket.inet_ntoa(bytes.fromhex(query.stdout.strip())[-4:]) == in2
+        assert socket.inet_ntoa(bytes.fromhex(reply)[-4:]) == in2
         daemon.docker("restart", "-t", "0", "in2")
         assert daemon.docker("exec", "in1", "ping", "-c1", "-W2", "in2").returncode == 0
     finally:

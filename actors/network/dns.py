@@ -26,7 +26,9 @@ TYPE_AAAA = 28
 Lookup = Callable[[str], list[str]]
 
 
-def _open_sockets(netns: str) -> tuple[socket.socket, socket.socket]:
+def open_sockets(netns: str) -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP sockets bound at 127.0.0.11:53 inside the namespace (blocking: a
+    thread). Bound before the container starts, so its first query finds them."""
     with netlink.entered(netns):
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -109,8 +111,12 @@ async def resolve(query: bytes, lookup: Lookup, servers: Callable[[], list[str]]
     return await _forward(query, servers())
 
 
-async def serve(netns: str, lookup: Lookup, servers: Callable[[], list[str]]) -> None:
-    udp_raw, tcp_raw = await trio.to_thread.run_sync(_open_sockets, netns)
+async def serve(
+    sockets: tuple[socket.socket, socket.socket],
+    lookup: Lookup,
+    servers: Callable[[], list[str]],
+) -> None:
+    udp_raw, tcp_raw = sockets
     udp = trio.socket.from_stdlib_socket(udp_raw)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(tcp_raw))
 

@@ -89,3 +89,4 @@ class Sandbox(msgspec.Struct, kw_only=True):
     netns: str = ""  # our own bind-mounted namespace ("" for host mode and container:)
     endpoints: list[Endpoint] = []
     ports: list[PortBinding] = []
+    dns: list[str] = []  # --dns: where the embedded server forwards (else the host's)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
-from actors.network import etc, ipam, netlink, proxy
+from actors.network import dns, etc, ipam, netlink, proxy
 from actors.network.model import (
     BRIDGE_NAME_OPTION,
     MTU_OPTION,
@@ -175,7 +175,10 @@ class NetworkService:
             self._nursery = nursery
             for sandbox in self.sandboxes.values():
                 self._serve(sandbox, [])  # live-restored containers keep their ports
-                self._start_dns(sandbox)
+                try:
+                    await self._start_dns(sandbox)
+                except OSError as exc:  # its container may be gone: reconcile decides
+                    log.warning("embedded DNS server of %s: %s", sandbox.name, exc)
             task_status.started(self)
             await stopping.wait()
             nursery.cancel_scope.cancel()
@@ -525,12 +528,16 @@ class NetworkService:
                 name=container.Name.lstrip("/"),
                 hostname=container.Config.get("Hostname") or container.short_id,
                 netns=str(self.netns_dir / container.Id),
+                dns=list(container.HostConfig.get("Dns") or []),
             )
             for name, endpoint_settings in settings["Networks"].items():
-                try:
-                    network = self.get(endpoint_settings.get("NetworkID") or name)
-                except NotFound as exc:
-                    raise NotFound(f"failed to set up container networking: {exc}") from None
+                try:  # by name first: a network re-created under its name still serves
+                    network = self.get(name)
+                except NotFound:
+                    try:
+                        network = self.get(endpoint_settings.get("NetworkID") or name)
+                    except NotFound as exc:
+                        raise NotFound(f"failed to set up container networking: {exc}") from None
                 if network.Driver == "bridge":
                     endpoint = self._new_endpoint(container, network, sandbox, endpoint_settings)
                     sandbox.endpoints.append(endpoint)
@@ -543,7 +550,7 @@ class NetworkService:
                 sockets = await self._bind_ports(container, sandbox)
                 await trio.to_thread.run_sync(self._save_sandbox, sandbox)
                 self._serve(sandbox, sockets)
-                self._start_dns(sandbox)
+                await self._start_dns(sandbox)
             except BaseException as exc:
                 with trio.CancelScope(shield=True):
                     await self._teardown(self.sandboxes.pop(container.Id))
@@ -658,26 +665,20 @@ class NetworkService:
 
         self._nursery.start_soon(serve)
 
-    def _start_dns(self, sandbox: Sandbox) -> None:
+    async def _start_dns(self, sandbox: Sandbox) -> None:
         """The embedded DNS server, for containers on a user-defined network."""
         if sandbox.container_id in self._dns or not self._uses_dns(sandbox):
             return
         assert self._nursery is not None
+        sockets = await trio.to_thread.run_sync(dns.open_sockets, sandbox.netns)
         scope = self._dns[sandbox.container_id] = trio.CancelScope()
-        dns_servers = self.daemon_dns()[0]
+        dns_servers = sandbox.dns or self.daemon_dns()[0]
 
         async def serve() -> None:
-            from actors.network import dns
-
             with scope:
-                try:
-                    await dns.serve(
-                        sandbox.netns,
-                        self._resolver(sandbox),
-                        lambda: etc.forward_servers(dns_servers),
-                    )
-                except OSError as exc:
-                    log.error("embedded DNS server of %s: %s", sandbox.name, exc)
+                await dns.serve(
+                    sockets, self._resolver(sandbox), lambda: etc.forward_servers(dns_servers)
+                )
 
         self._nursery.start_soon(serve)
 
@@ -846,7 +847,7 @@ class NetworkService:
                     with trio.CancelScope(shield=True):
                         await trio.to_thread.run_sync(self._save_sandbox, sandbox)
                     raise
-                self._start_dns(sandbox)
+                await self._start_dns(sandbox)
                 settings = self._settings(container, settings, sandbox)
         self.events.publish(
             "network", "connect", network.Id,
