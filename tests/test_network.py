@@ -473,3 +473,28 @@ def test_internal_mtu_restart_and_tcp_dns(daemon: Daemon) -> None:
         assert daemon.docker("exec", "in1", "ping", "-c1", "-W2", "in2").returncode == 0
     finally:
         cleanup(daemon, ["in1", "in2"], ["inner"])
+
+
+def test_connect_while_stopped_and_shutdown_releases(archive: Path) -> None:
+    """A network connected to a stopped container is there at its start; a daemon stop
+    (without live-restore) leaves no namespace or sandbox behind."""
+    with running_daemon() as d:
+        d.docker("load", "-i", str(archive))
+        d.docker("network", "create", "--subnet", str(free_subnet()), "later")
+        d.docker("create", "--name", "sleeper", "busybox", "sleep", "300")
+        d.docker("network", "connect", "--alias", "dozy", "later", "sleeper")
+        d.docker("start", "sleeper")
+        networks = inspect(d, "sleeper")["NetworkSettings"]["Networks"]
+        assert networks["bridge"]["IPAddress"] and networks["later"]["IPAddress"]
+        page = d.docker(
+            "run", "--rm", "--network", "later", "busybox", "ping", "-c1", "-W2", "dozy"
+        )
+        assert page.returncode == 0
+        assert d.stop() == 0
+        assert _our_leftovers(d) == ([], [])
+        d.start()
+        stopped = inspect(d, "sleeper")["NetworkSettings"]
+        assert stopped["IPAddress"] == "" and stopped["Networks"]["later"]["IPAddress"] == ""
+        assert stopped["Networks"]["later"]["Aliases"] == ["dozy"]
+        d.docker("rm", "sleeper")
+        d.docker("network", "rm", "later")
