@@ -557,7 +557,18 @@ class NetworkService:
                 if isinstance(exc, OSError):
                     raise InternalError(f"network setup failed: {exc}") from None
                 raise
+        self._publish_endpoints("connect", sandbox)
         return self._settings(container, settings, sandbox)
+
+    def _publish_endpoints(self, action: str, sandbox: Sandbox) -> None:
+        """dockerd's `network connect`/`disconnect` events at a container's start and exit."""
+        for endpoint in sandbox.endpoints:
+            network = self.networks.get(endpoint.network_id)
+            if network is not None:
+                self.events.publish(
+                    "network", action, network.Id,
+                    {"container": sandbox.container_id, "name": network.Name, "type": "bridge"},
+                )  # fmt: skip
 
     def _new_endpoint(
         self, container: Container, network: Network, sandbox: Sandbox, config: dict[str, Any]
@@ -750,6 +761,7 @@ class NetworkService:
             if sandbox is not None:
                 with trio.CancelScope(shield=True):
                     await self._teardown(sandbox)
+                self._publish_endpoints("disconnect", sandbox)
         settings: dict[str, Any] = {**container.NetworkSettings}
         for key in ("SandboxID", "SandboxKey", "Bridge", *TOP_LEVEL):
             settings[key] = 0 if key == "IPPrefixLen" else ""
