@@ -203,12 +203,14 @@ def test_default_bridge_inspect_etc_files_and_links(daemon: Daemon) -> None:
         assert settings["SandboxKey"].startswith(str(daemon.exec_root / "netns"))
         out = daemon.docker(
             "run", "--rm", "--hostname", "box", "--add-host", "db.example:10.1.2.3",
-            "--dns", "10.9.9.9", "--dns-search", "corp.example", "--link", "first:buddy",
+            "--dns", "10.9.9.9", "--dns-search", "corp.example", "--dns-option", "ndots:2",
+            "--link", "first:buddy",
             "busybox", "sh", "-c", "cat /etc/hosts /etc/resolv.conf; hostname; ip -4 -o addr",
         ).stdout  # fmt: skip
         assert "10.1.2.3\tdb.example" in out
         assert f"{settings['IPAddress']}\tbuddy first" in out
         assert "nameserver 10.9.9.9" in out and "search corp.example" in out
+        assert "options ndots:2" in out
         own = next(line.split()[3] for line in out.splitlines() if " eth0 " in line)
         assert f"{own.split('/')[0]}\tbox" in out and "\nbox\n" in out
         # Bridge traffic between two containers passes whatever br_netfilter says.

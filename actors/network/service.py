@@ -666,13 +666,18 @@ class NetworkService:
                     sockets.append(None)
 
         async def serve() -> None:
-            with scope:
-                async with trio.open_nursery() as nursery:
-                    for binding, sock in zip(sandbox.ports, sockets, strict=True):
-                        if sock is None:
-                            continue
-                        serve_one = proxy.serve_tcp if binding.proto == "tcp" else proxy.serve_udp
-                        nursery.start_soon(serve_one, sock, (target_ip, binding.container_port))
+            try:
+                with scope:
+                    async with trio.open_nursery() as nursery:
+                        for binding, sock in zip(sandbox.ports, sockets, strict=True):
+                            if sock is None:
+                                continue
+                            forward = proxy.serve_tcp if binding.proto == "tcp" else proxy.serve_udp
+                            nursery.start_soon(forward, sock, (target_ip, binding.container_port))
+            finally:  # also when released before this task ever ran
+                for sock in sockets:
+                    if sock is not None:
+                        sock.close()
 
         self._nursery.start_soon(serve)
 
@@ -686,10 +691,14 @@ class NetworkService:
         dns_servers = sandbox.dns or self.daemon_dns()[0]
 
         async def serve() -> None:
-            with scope:
-                await dns.serve(
-                    sockets, self._resolver(sandbox), lambda: etc.forward_servers(dns_servers)
-                )
+            try:
+                with scope:
+                    await dns.serve(
+                        sockets, self._resolver(sandbox), lambda: etc.forward_servers(dns_servers)
+                    )
+            finally:  # the sockets hold the namespace alive: never leak them
+                for sock in sockets:
+                    sock.close()
 
         self._nursery.start_soon(serve)
 
