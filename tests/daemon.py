@@ -129,9 +129,9 @@ class Daemon:
             "--containerd-namespace", self.namespace,
             "--iptables=false",
             "--ip-masq=false",
-            "--bridge", self.bridge,
-            "--bip", self.bip,
         ]  # fmt: skip
+        if not any(a in ("-b", "--bridge") or a.startswith("--bridge=") for a in self.args):
+            args += ["--bridge", self.bridge, "--bip", self.bip]
         hosts_given = any(a in ("-H", "--host") or a.startswith("--host=") for a in self.args)
         if not hosts_given and "hosts" not in self.file_config():
             args += ["-H", self.host]

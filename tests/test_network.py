@@ -187,6 +187,9 @@ def test_network_modes(daemon: Daemon) -> None:
         shared = daemon.docker("run", "--rm", "--network", "container:owner",
                                "busybox", "ip", "-4", "-o", "addr")  # fmt: skip
         assert f"inet {address}/24" in shared.stdout
+        shared_hosts = daemon.docker("run", "--rm", "--network", "container:owner",
+                                     "busybox", "cat", "/etc/hosts").stdout  # fmt: skip
+        assert f"{address}\t" in shared_hosts
     finally:
         cleanup(daemon, ["owner"])
 
@@ -500,3 +503,12 @@ def test_connect_while_stopped_and_shutdown_releases(archive: Path) -> None:
         assert stopped["Networks"]["later"]["Aliases"] == ["dozy"]
         d.docker("rm", "sleeper")
         d.docker("network", "rm", "later")
+
+
+def test_bridge_none_disables_the_default_network(archive: Path) -> None:
+    with running_daemon("--bridge", "none") as d:
+        d.docker("load", "-i", str(archive))
+        assert "bridge" not in d.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+        out = d.docker("run", "--rm", "busybox", "ip", "-o", "link").stdout
+        assert [line.split(": ")[1] for line in out.splitlines()] == ["lo"]
+        assert "none" not in links()

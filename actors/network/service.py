@@ -214,6 +214,18 @@ class NetworkService:
 
     async def _ensure_predefined(self) -> None:
         by_name = {n.Name: n for n in self.networks.values()}
+        if self.bridge_name == "none":  # `-b none`: no default bridge network at all
+            if "bridge" in by_name:
+                gone = self.networks.pop(by_name.pop("bridge").Id)
+                (self.root / "networks" / f"{gone.Id}.json").unlink(missing_ok=True)
+            for name, driver in (("host", "host"), ("none", "null")):
+                if name not in by_name:
+                    network = Network(
+                        Name=name, Id=secrets.token_hex(32), Created=now_rfc3339(), Driver=driver
+                    )
+                    by_name[name] = self.networks[network.Id] = network
+                    await trio.to_thread.run_sync(self._save_network, network)
+            return
         for name, driver in (("bridge", "bridge"), ("host", "host"), ("none", "null")):
             if name not in by_name:
                 network = Network(
@@ -465,7 +477,9 @@ class NetworkService:
                 )
             return settings
         endpoints: dict[str, Any] = dict(networking.get("EndpointsConfig") or {})
-        primary = "bridge" if mode == "default" else mode
+        primary = mode
+        if mode == "default":
+            primary = "none" if self.bridge_name == "none" else "bridge"
         wanted = [(primary, endpoints.pop(mode, None) or endpoints.pop(primary, None))]
         wanted += list(endpoints.items())
         for ref, config in wanted:
@@ -910,9 +924,17 @@ class NetworkService:
 
     def etc_files(self, container: Container) -> tuple[str, str]:
         """(/etc/hosts, /etc/resolv.conf) for the container as it is now."""
-        if (container.HostConfig.get("NetworkMode") or "") == "host":
+        mode = container.HostConfig.get("NetworkMode") or ""
+        if mode == "host":
             return etc.host_files(container.HostConfig.get("ExtraHosts") or [])
         sandbox = self.sandboxes.get(container.Id)
+        if mode.startswith("container:"):  # the other container's addresses and resolver
+            ref = mode.split(":", 1)[1]
+            sandbox = next(
+                (s for s in self.sandboxes.values()
+                 if ref in (s.name, s.container_id) or s.container_id.startswith(ref)),
+                None,
+            )  # fmt: skip
         endpoints = sandbox.endpoints if sandbox is not None else []
         addresses = [e.address for e in endpoints]
         links = []
