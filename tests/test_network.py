@@ -92,6 +92,9 @@ def test_user_network_names_aliases_and_http(daemon: Daemon) -> None:
         assert endpoint["IPAddress"].rsplit(".", 1)[0] == subnet.rsplit(".", 1)[0]
         assert endpoint["Aliases"] == ["web"]
         assert {"srv", "web", srv["Id"][:12]} <= set(endpoint["DNSNames"])
+        daemon.docker("rename", "srv", "server")  # DNS follows a rename
+        assert daemon.docker("exec", "cli", "ping", "-c1", "-W2", "server").returncode == 0
+        daemon.docker("rename", "server", "srv")
         short_id = daemon.docker("exec", "cli", "nslookup", srv["Id"][:12])
         assert endpoint["IPAddress"] in short_id.stdout
         resolv = daemon.docker("exec", "cli", "cat", "/etc/resolv.conf").stdout
@@ -292,6 +295,9 @@ def test_bad_input(daemon: Daemon) -> None:
         assert busy.returncode != 0 and "has active endpoints" in busy.stderr
         again = daemon.docker("network", "connect", "bad1", "user", check=False)
         assert "endpoint with name user already exists in network bad1" in again.stderr
+        option = "com.docker.network.bridge.name=lo"  # the host's device: never touched
+        host_dev = daemon.docker("network", "create", "-o", option, "bad4", check=False)
+        assert "bridge name lo is not available" in host_dev.stderr
         builtin = daemon.docker("network", "rm", "bridge", check=False)
         assert "bridge is a pre-defined network and cannot be removed" in builtin.stderr
         client = daemon.client()

@@ -747,6 +747,8 @@ class ContainersService:
             container.Name = name
             self.store.release_name(old)
             self.store.save(container)
+            if self.network is not None:
+                self.network.rename(container.Id, old.lstrip("/"), name.lstrip("/"))
         self._publish(container, "rename", {"oldName": old})
 
     async def resize(self, ref: str, height: int, width: int) -> None:

@@ -113,6 +113,10 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> None:
             ip.link("add", ifname=name, kind="bridge")
             index = _index(ip, name)
             assert index is not None
+        else:  # never put an address on somebody's non-bridge device
+            (link,) = ip.get_links(index)
+            if link.get(("linkinfo", "kind")) != "bridge":
+                raise FileExistsError(errno.EEXIST, f"device {name} exists and is not a bridge")
         addresses = {a.get("address") for a in ip.get_addr(index=index, family=2)}
         if gateway and gateway not in addresses:
             ip.addr("add", index=index, address=gateway, prefixlen=prefixlen)

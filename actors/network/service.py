@@ -389,7 +389,12 @@ class NetworkService:
                 n.Driver == "bridge" and n.bridge == network.bridge for n in self.networks.values()
             ):
                 raise Forbidden(f"bridge name {network.bridge} already in use")
-            await self._ensure_bridge(network)
+            try:
+                await self._ensure_bridge(network)
+            except FileExistsError as exc:
+                raise Forbidden(
+                    f"bridge name {network.bridge} is not available: {exc.strerror}"
+                ) from None
             try:
                 await trio.to_thread.run_sync(self._save_network, network)
             except BaseException:
@@ -977,6 +982,16 @@ class NetworkService:
             return await trio.to_thread.run_sync(netlink.counters, sandbox.netns)
         except OSError:
             return None
+
+    def rename(self, cid: str, old: str, new: str) -> None:
+        """The embedded DNS answers to the new name from now on."""
+        sandbox = self.sandboxes.get(cid)
+        if sandbox is None:
+            return
+        sandbox.name = new
+        for endpoint in sandbox.endpoints:
+            endpoint.dns_names = [new if n == old else n for n in endpoint.dns_names]
+        self._save_sandbox(sandbox)
 
     def sandbox_key(self, cid: str) -> str:
         sandbox = self.sandboxes.get(cid)
