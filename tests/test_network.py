@@ -518,3 +518,53 @@ def test_bridge_none_disables_the_default_network(archive: Path) -> None:
         out = d.docker("run", "--rm", "busybox", "ip", "-o", "link").stdout
         assert [line.split(": ")[1] for line in out.splitlines()] == ["lo"]
         assert "none" not in links()
+
+
+def test_docker_py_ipam_links_and_scope(daemon: Daemon) -> None:
+    import docker.errors
+    from docker.types import IPAMConfig, IPAMPool
+
+    subnet = free_subnet()
+    client = daemon.client()
+    api = client.api
+    try:
+        pool = IPAMPool(subnet=str(subnet), gateway=str(subnet[254]),
+                        iprange=str(subnet).replace(".0/24", ".0/25"),
+                        aux_addresses={"reserved": str(subnet[1])})  # fmt: skip
+        v6 = IPAMPool(subnet="fd00:dead:beef::/64")
+        net = api.create_network("pyipam", ipam=IPAMConfig(pool_configs=[pool, v6]),
+                                 enable_ipv6=True)["Id"]  # fmt: skip
+        config = api.inspect_network(net)["IPAM"]["Config"]
+        assert config[0] == {
+            "Subnet": str(subnet), "Gateway": str(subnet[254]),
+            "IPRange": str(subnet).replace(".0/24", ".0/25"),
+            "AuxiliaryAddresses": {"reserved": str(subnet[1])},
+        }  # fmt: skip
+        assert config[1]["Subnet"] == "fd00:dead:beef::/64"
+        with pytest.raises(docker.errors.NotFound):
+            api.inspect_network(net, scope="global")
+        target = api.create_container(
+            "busybox", "sleep 300", name="pytarget",
+            host_config=api.create_host_config(network_mode="pyipam"),
+        )["Id"]  # fmt: skip
+        api.start(target)
+        # The first address is an aux address, so the target gets the next one.
+        address = api.inspect_container(target)["NetworkSettings"]["Networks"]["pyipam"]
+        assert address["IPAddress"] == str(subnet[2])
+        linker = api.create_container("busybox", "sleep 300", name="pylinker")["Id"]
+        api.connect_container_to_network(linker, net, ipv4_address=str(subnet[100]),
+                                         aliases=["l1"], links=[("pytarget", "tgt")])  # fmt: skip
+        api.start(linker)
+        settings = api.inspect_container(linker)["NetworkSettings"]["Networks"]["pyipam"]
+        assert settings["IPAddress"] == str(subnet[100])
+        assert settings["IPAMConfig"]["IPv4Address"] == str(subnet[100])
+        assert settings["Aliases"] == ["l1"]
+        found = daemon.docker("exec", "pylinker", "nslookup", "tgt").stdout
+        assert str(subnet[2]) in found
+        others = daemon.docker("exec", "pytarget", "nslookup", "tgt", check=False)
+        assert str(subnet[2]) not in others.stdout  # a link's alias is the linker's alone
+        with pytest.raises(docker.errors.APIError):
+            api.create_network("pyhost", driver="host")
+    finally:
+        client.close()
+        cleanup(daemon, ["pytarget", "pylinker"], ["pyipam"])

@@ -46,7 +46,7 @@ class Network(msgspec.Struct, kw_only=True):
         return self.Options.get(BRIDGE_NAME_OPTION) or f"br-{self.Id[:12]}"
 
     @property
-    def pool(self) -> dict[str, str]:
+    def pool(self) -> dict[str, Any]:
         configs = self.IPAM.get("Config") or [{}]
         return dict(configs[0])
 
@@ -68,6 +68,7 @@ class Endpoint(msgspec.Struct, kw_only=True):
     mac: str
     aliases: list[str] = []
     dns_names: list[str] = []
+    links: list[str] = []  # "name:alias" of a user network: names only this container resolves
 
 
 class PortBinding(msgspec.Struct, frozen=True):

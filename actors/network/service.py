@@ -301,8 +301,10 @@ class NetworkService:
             if endpoint.network_id == network_id
         ]
 
-    def inspect(self, ref: str) -> dict[str, Any]:
+    def inspect(self, ref: str, scope: str = "") -> dict[str, Any]:
         network = self.get(ref)
+        if scope and scope != network.Scope:
+            raise NotFound(f"network {ref} not found")
         data = network.view()
         data["Containers"] = {
             sandbox.container_id: {
@@ -368,6 +370,8 @@ class NetworkService:
             raise Forbidden(f"{name} is a pre-defined network and cannot be created")
         if driver != "bridge":
             raise NotFound(f'plugin "{driver}" not found')
+        if body.get("Ingress"):
+            raise Forbidden("ingress networks need swarm mode, which is not supported")
         async with self._lock:
             if any(n.Name == name for n in self.networks.values()):
                 raise Conflict(f"network with name {name} already exists")
@@ -382,8 +386,9 @@ class NetworkService:
                 Labels=dict(body.get("Labels") or {}),
             )
             network.IPAM = await self._plan_ipam(network, body.get("IPAM") or {})
-            network.configured_subnet = bool(network.IPAM["Config"][0].get("Subnet")) and any(
-                c.get("Subnet") for c in (body.get("IPAM") or {}).get("Config") or []
+            network.configured_subnet = any(
+                c.get("Subnet") and ":" not in c["Subnet"]
+                for c in (body.get("IPAM") or {}).get("Config") or []
             )
             if any(
                 n.Driver == "bridge" and n.bridge == network.bridge for n in self.networks.values()
@@ -407,9 +412,12 @@ class NetworkService:
 
     async def _plan_ipam(self, network: Network, spec: dict[str, Any]) -> dict[str, Any]:
         configs = spec.get("Config") or []
-        if len(configs) > 1:
+        # IPv6 pools are kept as given (shown by inspect) but not used: no IPv6 addressing.
+        v6 = [dict(c) for c in configs if ":" in (c.get("Subnet") or "")]
+        v4 = [dict(c) for c in configs if ":" not in (c.get("Subnet") or "")]
+        if len(v4) > 1:
             raise InvalidParameter("only one IPv4 pool per network is supported")
-        config = dict(configs[0]) if configs else {}
+        config = v4[0] if v4 else {}
         others = [
             ipaddress.IPv4Network(n.pool["Subnet"])
             for n in self.networks.values()
@@ -432,8 +440,14 @@ class NetworkService:
             if not ip_range.subnet_of(subnet):
                 raise InvalidParameter(f"no matching subnet for range {config['IPRange']}")
             out["IPRange"] = str(ip_range)
+        aux = dict(config.get("AuxiliaryAddresses") or {})
+        for address in aux.values():
+            if ipam.parse_address(address) not in subnet:
+                raise InvalidParameter(f"no matching subnet for aux-address {address}")
+        if aux:
+            out["AuxiliaryAddresses"] = aux  # reserved: never given to an endpoint
         return {"Driver": spec.get("Driver") or "default", "Options": spec.get("Options") or {},
-                "Config": [out]}  # fmt: skip
+                "Config": [out, *v6]}  # fmt: skip
 
     async def remove(self, ref: str) -> None:
         network = self.get(ref)
@@ -598,6 +612,7 @@ class NetworkService:
             e.address for s in self.sandboxes.values() for e in s.endpoints
             if e.network_id == network.Id
         } | {e.address for e in sandbox.endpoints if e.network_id == network.Id}  # fmt: skip
+        used |= set((pool.get("AuxiliaryAddresses") or {}).values())
         wanted = (config.get("IPAMConfig") or {}).get("IPv4Address") or ""
         ip_range = ipaddress.IPv4Network(pool["IPRange"]) if pool.get("IPRange") else None
         address = ipam.allocate(subnet, ip_range, pool["Gateway"], used, wanted)
@@ -615,6 +630,7 @@ class NetworkService:
             mac=config.get("MacAddress") or ipam.mac_for(address),
             aliases=aliases,
             dns_names=list(dict.fromkeys(names)),
+            links=[link for link in config.get("Links") or [] if network.user_defined],
         )
 
     async def _plumb(self, sandbox: Sandbox, endpoint: Endpoint) -> None:
@@ -733,6 +749,10 @@ class NetworkService:
 
         def lookup(name: str) -> list[str]:
             name = name.rstrip(".").lower()
+            for link in (link for e in sandbox.endpoints for link in e.links):
+                target, _, alias = link.partition(":")  # a link's alias: this container only
+                if name == (alias or target).lower():
+                    name = target.lstrip("/").lower()
             mine = {
                 e.network_id for e in sandbox.endpoints
                 if e.network_id in self.networks and self.networks[e.network_id].user_defined

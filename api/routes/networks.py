@@ -50,7 +50,7 @@ async def prune() -> Response:
 
 @router.route("/networks/<ref>", methods=["GET"])
 async def inspect(ref: str) -> Response:
-    return json_response((await network()).inspect(ref))
+    return json_response((await network()).inspect(ref, request.args.get("scope", "")))
 
 
 @router.route("/networks/<ref>", methods=["DELETE"])
