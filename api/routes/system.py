@@ -90,7 +90,7 @@ async def info() -> Response:
         "DriverStatus": [],
         "Plugins": {
             "Volume": [],
-            "Network": ["bridge", "host", "null"],
+            "Network": [],
             "Authorization": list(cfg.authorization_plugins) or None,
             "Log": [],
         },
