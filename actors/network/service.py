@@ -170,7 +170,10 @@ class NetworkService:
         await self._ensure_predefined()
         for network in list(self.networks.values()):
             if network.Driver == "bridge" and network.user_defined:
-                await self._ensure_bridge(network)
+                try:
+                    await self._ensure_bridge(network)
+                except OSError as exc:  # its containers will fail to start, with this error
+                    log.error("network %s: bridge %s: %s", network.Name, network.bridge, exc)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for sandbox in self.sandboxes.values():
