@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import Daemon, free_subnet, running_daemon
+from tests.daemon import Daemon, free_port, free_subnet, running_daemon
 from tests.fixtures.busybox import busybox_archive
 
 HTTPD = "mkdir -p /www && echo hello-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"
@@ -149,8 +149,14 @@ def test_published_tcp_and_udp_ports(daemon: Daemon) -> None:
         daemon.docker("stop", "-t", "1", "pub")
         with pytest.raises(OSError):  # the proxy closes with the container
             urllib.request.urlopen(f"http://{port}/", timeout=2)
+        fixed = free_port()  # a fixed host port is free again at once for a restart
+        daemon.docker("run", "-d", "--name", "fixed", "-p", f"127.0.0.1:{fixed}:8080",
+                      "busybox", "sh", "-c", HTTPD)  # fmt: skip
+        for _ in range(3):
+            daemon.docker("restart", "-t", "0", "fixed")
+            assert fetch(f"http://127.0.0.1:{fixed}/").startswith("hello-")
     finally:
-        cleanup(daemon, ["pub", "udp"])
+        cleanup(daemon, ["pub", "udp", "fixed"])
 
 
 def test_publish_all_and_port_conflict(daemon: Daemon) -> None:

@@ -155,7 +155,8 @@ class NetworkService:
         self.networks: dict[str, Network] = {}
         self.sandboxes: dict[str, Sandbox] = {}
         self._restored: set[str] = set()  # sandboxes found on disk at start
-        self._serving: dict[str, trio.CancelScope] = {}  # proxies per container
+        # Proxies per container: their scope, and an event set once their sockets are closed.
+        self._serving: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self._dns: dict[str, trio.CancelScope] = {}  # embedded DNS per container
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
@@ -690,10 +691,10 @@ class NetworkService:
         """Run the sandbox's proxies (and DNS server) in the actor's nursery until released.
         `sockets` are the bound ones; after a restart they are bound again here."""
         assert self._nursery is not None
-        scope = trio.CancelScope()
-        self._serving[sandbox.container_id] = scope
-        if not sandbox.endpoints:
+        if not sandbox.endpoints or not sandbox.ports:
             return
+        scope, closed = trio.CancelScope(), trio.Event()
+        self._serving[sandbox.container_id] = (scope, closed)
         target_ip = sandbox.endpoints[0].address
         if not sockets:
             for binding in sandbox.ports:
@@ -716,6 +717,7 @@ class NetworkService:
                 for sock in sockets:
                     if sock is not None:
                         sock.close()
+                closed.set()
 
         self._nursery.start_soon(serve)
 
@@ -823,10 +825,14 @@ class NetworkService:
         return settings
 
     async def _teardown(self, sandbox: Sandbox) -> None:
-        for scopes in (self._serving, self._dns):
-            scope = scopes.pop(sandbox.container_id, None)
-            if scope is not None:
-                scope.cancel()
+        dns_scope = self._dns.pop(sandbox.container_id, None)
+        if dns_scope is not None:
+            dns_scope.cancel()
+        serving = self._serving.pop(sandbox.container_id, None)
+        if serving is not None:  # the host ports are free again before a restart binds them
+            serving[0].cancel()
+            with trio.move_on_after(2):
+                await serving[1].wait()
         # Unmounting the namespace of a container whose processes are gone frees it, and
         # the kernel deletes its veth pairs (~20 ms later, off our path); a reaper then
         # deletes whatever is still there. Deleting each pair first would cost ~25 ms each.
