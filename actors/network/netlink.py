@@ -96,11 +96,6 @@ def _index(ip: IPRoute, name: str) -> int | None:
     return int(found[0]) if found else None
 
 
-def link_exists(name: str) -> bool:
-    with IPRoute() as ip:
-        return _index(ip, name) is not None
-
-
 def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> None:
     """The bridge device up with the gateway address on it; created when missing.
 
@@ -235,7 +230,3 @@ def counters(netns: str) -> dict[str, dict[str, int]]:
                 )
             }  # fmt: skip
     return out
-
-
-def set_sysfs(path: str, value: str) -> None:
-    Path(path).write_text(value)

@@ -1021,7 +1021,3 @@ class NetworkService:
         for endpoint in sandbox.endpoints:
             endpoint.dns_names = [new if n == old else n for n in endpoint.dns_names]
         self._save_sandbox(sandbox)
-
-    def sandbox_key(self, cid: str) -> str:
-        sandbox = self.sandboxes.get(cid)
-        return sandbox.netns if sandbox is not None else ""
