@@ -256,10 +256,16 @@ def test_connect_disconnect_and_events(daemon: Daemon) -> None:
         eth1 = daemon.docker("exec", "roamer", "ip", "-4", "-o", "addr", "show", "eth1").stdout
         assert f"{wanted}\t" in daemon.docker("exec", "roamer", "cat", "/etc/hosts").stdout
         assert f"inet {wanted}/24" in eth1
+        daemon.docker("network", "disconnect", "bridge", "roamer")  # eth0 goes: a gap
+        daemon.docker("network", "connect", "bridge", "roamer")  # the default one, too
+        again = daemon.docker("exec", "roamer", "ip", "-o", "link").stdout
+        assert " eth0@" in again and " eth1@" in again
         daemon.docker("network", "disconnect", "side", "roamer")
         assert "side" not in inspect(daemon, "roamer")["NetworkSettings"]["Networks"]
         gone = daemon.docker("exec", "roamer", "ip", "link", "show", "eth1", check=False)
         assert gone.returncode != 0
+        none = daemon.docker("network", "connect", "none", "roamer", check=False)
+        assert "one of the networks in private (none) mode" in none.stderr
         cleanup(daemon, ["roamer", "peer"], ["side"])
         events = daemon.docker("events", "--since", since, "--until", str(time.time()),
                                "--filter", "type=network",

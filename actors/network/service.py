@@ -621,13 +621,15 @@ class NetworkService:
         ip_range = ipaddress.IPv4Network(pool["IPRange"]) if pool.get("IPRange") else None
         address = ipam.allocate(subnet, ip_range, pool["Gateway"], used, wanted)
         endpoint_id = secrets.token_hex(32)
+        taken = {e.ifname for e in sandbox.endpoints}  # a disconnect can leave a gap
+        ifname = next(f"eth{n}" for n in range(len(taken) + 1) if f"eth{n}" not in taken)
         aliases = list(config.get("Aliases") or [])
         names = [sandbox.name, *aliases, container.short_id] if network.user_defined else []
         return Endpoint(
             network_id=network.Id,
             endpoint_id=endpoint_id,
             host_if=f"veth{endpoint_id[:7]}",
-            ifname=f"eth{len(sandbox.endpoints)}",
+            ifname=ifname,
             address=address,
             prefixlen=subnet.prefixlen,
             gateway=pool["Gateway"],
@@ -879,19 +881,19 @@ class NetworkService:
         network = self.get(ref)
         settings: dict[str, Any] = {**empty_settings(), **container.NetworkSettings}
         mode = container.HostConfig.get("NetworkMode") or "default"
-        if mode == "host" or mode.startswith("container:") or mode == "none":
+        if mode == "host" or mode.startswith("container:"):
             raise Forbidden(
                 "container sharing network namespace with another container or host cannot "
                 "be connected to any other network"
-                if mode != "none"
-                else "container cannot be disconnected from host network or connected to host "
-                "network"
             )
-        if not network.user_defined:
+        if mode == "none" or network.Name == "none":
+            raise Forbidden(
+                "container cannot be connected to multiple networks with one of the networks "
+                "in private (none) mode"
+            )
+        if network.Name == "host":
             raise Forbidden(
                 "container cannot be disconnected from host network or connected to host network"
-                if network.Name == "host"
-                else f"container cannot be connected to network {network.Name}"
             )
         if network.Name in settings["Networks"]:
             raise Forbidden(
