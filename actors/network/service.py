@@ -940,6 +940,8 @@ class NetworkService:
         networks = dict(settings["Networks"])
         del networks[network.Name]
         settings["Networks"] = networks
+        if network.Name == "bridge":  # the deprecated top-level fields mirror it
+            settings.update({k: 0 if k == "IPPrefixLen" else "" for k in TOP_LEVEL})
         async with self._lock:
             sandbox = self.sandboxes.get(container.Id)
             if sandbox is not None:
