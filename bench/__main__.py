@@ -104,8 +104,8 @@ GROUPS: dict[str, tuple[Callable[[str], dict[str, float]], list[Row]]] = {
     "network": (
         measure_network,
         [
-            ("docker run --rm --network none (s)", "run_none_s", ""),
-            ("docker run --rm, default bridge (s)", "run_bridge_s", ""),
+            ("docker run --rm --network none (s, med 20)", "run_none_s", ""),
+            ("docker run --rm, default bridge (s, med 20)", "run_bridge_s", ""),
             ("bridge setup added to a run (ms)", "bridge_extra_ms", "goal < 30 (dockerd ~70)"),
             ("published TCP port, 200 MB via proxy (MB/s)", "proxy_mbps", ""),
         ],

@@ -34,13 +34,15 @@ def measure() -> dict[str, float]:
             data, _ = archive_bytes()
             subprocess.run(["docker", "load"], env=env, input=data, capture_output=True, check=True)
             out: dict[str, float] = {}
-            for mode in ("none", "bridge", "none", "bridge"):  # the first pair warms up
-                runs = []
-                for _ in range(10):
+            runs: dict[str, list[float]] = {"none": [], "bridge": []}
+            for n in range(22):  # interleaved, so a noisy neighbour hits both alike
+                for mode in ("none", "bridge"):
                     start = time.perf_counter()
                     docker("run", "--rm", "--network", mode, IMAGE, "true")
-                    runs.append(time.perf_counter() - start)
-                out[f"run_{mode}_s"] = statistics.median(runs)
+                    if n >= 2:  # the first two rounds warm up
+                        runs[mode].append(time.perf_counter() - start)
+            for mode, times in runs.items():
+                out[f"run_{mode}_s"] = statistics.median(times)
             out["bridge_extra_ms"] = (out["run_bridge_s"] - out["run_none_s"]) * 1e3
             script = (f"mkdir /www && dd if=/dev/zero of=/www/big bs=1M count={BIG_MB} "
                       "2>/dev/null && exec httpd -f -p 80 -h /www")  # fmt: skip

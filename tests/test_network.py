@@ -580,3 +580,10 @@ def test_docker_py_ipam_links_and_scope(daemon: Daemon) -> None:
     finally:
         client.close()
         cleanup(daemon, ["pytarget", "pylinker"], ["pyipam"])
+
+
+def test_bridge_deleted_behind_our_back_comes_back(daemon: Daemon) -> None:
+    subprocess.run(["ip", "link", "del", daemon.bridge], check=True)
+    gateway = daemon.bip.split("/")[0]
+    ping = daemon.docker("run", "--rm", "busybox", "ping", "-c1", "-W2", gateway)
+    assert ping.returncode == 0 and daemon.bridge in links()

@@ -26,6 +26,10 @@ MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+class NoBridge(OSError):
+    """The bridge an endpoint should join is gone."""
+
+
 def _check(result: int, what: str) -> None:
     if result != 0:
         code = ctypes.get_errno()
@@ -177,7 +181,7 @@ def add_endpoint(
         with IPRoute() as ip:
             bridge_index = _index(ip, bridge)
             if bridge_index is None:
-                raise OSError(errno.ENODEV, f"bridge {bridge} does not exist")
+                raise NoBridge(errno.ENODEV, f"bridge {bridge} does not exist")
             ip.link(
                 "add",
                 ifname=host_if,

@@ -159,6 +159,7 @@ class NetworkService:
         self._serving: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self._dns: dict[str, trio.CancelScope] = {}  # embedded DNS per container
         self._lock = trio.Lock()
+        self._bridges_up: set[str] = set()  # ensured since start: not checked per container
         self._nursery: trio.Nursery | None = None
         self._loaded = False
 
@@ -280,6 +281,7 @@ class NetworkService:
         await trio.to_thread.run_sync(
             netlink.ensure_bridge, network.bridge, pool["Gateway"], prefix, mtu
         )
+        self._bridges_up.add(network.bridge)
 
     # -- lookups ---------------------------------------------------------------
 
@@ -585,7 +587,8 @@ class NetworkService:
                 for endpoint in sandbox.endpoints:
                     await self._plumb(sandbox, endpoint)
                 sockets = await self._bind_ports(container, sandbox)
-                await trio.to_thread.run_sync(self._save_sandbox, sandbox)
+                if sandbox.ports:
+                    await trio.to_thread.run_sync(self._save_sandbox, sandbox)
                 self._serve(sandbox, sockets)
                 await self._start_dns(sandbox)
             except BaseException as exc:
@@ -641,7 +644,15 @@ class NetworkService:
 
     async def _plumb(self, sandbox: Sandbox, endpoint: Endpoint) -> None:
         network = self.networks[endpoint.network_id]
-        await self._ensure_bridge(network)  # a bridge deleted behind our back comes back
+        if network.bridge not in self._bridges_up:
+            await self._ensure_bridge(network)
+        try:
+            await self._add_endpoint(sandbox, endpoint, network)
+        except netlink.NoBridge:  # deleted behind our back: it comes back
+            await self._ensure_bridge(network)
+            await self._add_endpoint(sandbox, endpoint, network)
+
+    async def _add_endpoint(self, sandbox: Sandbox, endpoint: Endpoint, network: Network) -> None:
         await trio.to_thread.run_sync(
             lambda: netlink.add_endpoint(
                 netns=sandbox.netns,
