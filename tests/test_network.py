@@ -176,10 +176,15 @@ def test_publish_all_and_port_conflict(daemon: Daemon) -> None:
         assert "driver failed programming external connectivity on endpoint clash" in clash.stderr
         assert f"listen tcp4 127.0.0.1:{busy}: bind: address already in use" in clash.stderr
         assert not inspect(daemon, "clash")["State"]["Running"]
+        daemon.docker("run", "-d", "--name", "ranged", "-p", f"127.0.0.1:{busy}-{busy + 20}:8080",
+                      "busybox", "sh", "-c", HTTPD)  # fmt: skip
+        host_port = int(daemon.docker("port", "ranged", "8080").stdout.strip().split(":")[1])
+        assert busy < host_port <= busy + 20  # the taken one is skipped
+        assert fetch(f"http://127.0.0.1:{host_port}/").startswith("hello-")
         assert not list((daemon.exec_root / "netns").glob(inspect(daemon, "clash")["Id"]))
     finally:
         taken.close()
-        cleanup(daemon, ["all", "clash"])
+        cleanup(daemon, ["all", "clash", "ranged"])
 
 
 def test_network_modes(daemon: Daemon) -> None:

@@ -116,20 +116,23 @@ def _port_key(key: str) -> tuple[int, str]:
         raise InvalidParameter(f"invalid port specification: {key!r}") from None
 
 
-def wanted_ports(config: dict[str, Any], host: dict[str, Any]) -> list[PortBinding]:
-    """-p and -P as bindings to make; host port 0 means an ephemeral one."""
+def wanted_ports(config: dict[str, Any], host: dict[str, Any]) -> list[tuple[PortBinding, int]]:
+    """-p and -P as bindings to make, each with the last host port of its range; host
+    port 0 means an ephemeral one."""
     bindings: dict[str, list[dict[str, str]]] = dict(host.get("PortBindings") or {})
     if host.get("PublishAllPorts"):
         for key in config.get("ExposedPorts") or {}:
             bindings.setdefault(key, [{"HostIp": "", "HostPort": ""}])
-    out: list[PortBinding] = []
+    out: list[tuple[PortBinding, int]] = []
     for key, entries in bindings.items():
         port, proto = _port_key(key)
         for entry in entries or [{}]:
-            host_port = (entry.get("HostPort") or "0").split("-")[0]
-            if not host_port.isdigit():
-                raise InvalidParameter(f"invalid port specification: {host_port!r}")
-            out.append(PortBinding(proto, port, entry.get("HostIp") or "", int(host_port)))
+            text = entry.get("HostPort") or "0"
+            first, _, last = text.partition("-")
+            if not first.isdigit() or not (last or first).isdigit():
+                raise InvalidParameter(f"invalid port specification: {text!r}")
+            binding = PortBinding(proto, port, entry.get("HostIp") or "", int(first))
+            out.append((binding, int(last or first)))
     return out
 
 
@@ -676,10 +679,8 @@ class NetworkService:
         sockets: list[Any] = []
         made: list[PortBinding] = []
         try:
-            for binding in bindings:
-                sock = await trio.to_thread.run_sync(
-                    proxy.bind, binding.proto, binding.host_ip, binding.host_port
-                )
+            for binding, last in bindings:
+                sock = await trio.to_thread.run_sync(self._bind_first_free, binding, last)
                 sockets.append(sock)
                 made.append(
                     PortBinding(
@@ -699,6 +700,17 @@ class NetworkService:
             ) from None
         sandbox.ports = made
         return sockets
+
+    @staticmethod
+    def _bind_first_free(binding: PortBinding, last: int) -> Any:
+        """The first host port of a range (`-p 8000-8010:80`) that binds."""
+        for host_port in range(binding.host_port, max(last, binding.host_port) + 1):
+            try:
+                return proxy.bind(binding.proto, binding.host_ip, host_port)
+            except OSError:
+                if host_port >= last:
+                    raise
+        raise AssertionError("unreachable")
 
     def _serve(self, sandbox: Sandbox, sockets: list[Any]) -> None:
         """Run the sandbox's proxies (and DNS server) in the actor's nursery until released.
