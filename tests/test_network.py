@@ -210,7 +210,8 @@ def test_network_modes(daemon: Daemon) -> None:
 
 def test_default_bridge_inspect_etc_files_and_links(daemon: Daemon) -> None:
     try:
-        daemon.docker("run", "-d", "--name", "first", "busybox", "sleep", "300")
+        daemon.docker("run", "-d", "--name", "first", "--expose", "80", "-e", "COLOR=blue",
+                      "busybox", "sleep", "300")  # fmt: skip
         settings = inspect(daemon, "first")["NetworkSettings"]
         gateway = daemon.bip.split("/")[0]
         assert settings["Gateway"] == gateway and settings["IPPrefixLen"] == 24
@@ -222,12 +223,21 @@ def test_default_bridge_inspect_etc_files_and_links(daemon: Daemon) -> None:
             "run", "--rm", "--hostname", "box", "--add-host", "db.example:10.1.2.3",
             "--dns", "10.9.9.9", "--dns-search", "corp.example", "--dns-option", "ndots:2",
             "--link", "first:buddy",
-            "busybox", "sh", "-c", "cat /etc/hosts /etc/resolv.conf; hostname; ip -4 -o addr",
+            "busybox", "sh", "-c", "cat /etc/hosts /etc/resolv.conf; hostname; ip -4 -o addr; env",
         ).stdout  # fmt: skip
         assert "10.1.2.3\tdb.example" in out
         assert f"{settings['IPAddress']}\tbuddy first" in out
         assert "nameserver 10.9.9.9" in out and "search corp.example" in out
         assert "options ndots:2" in out
+        ip = settings["IPAddress"]
+        for variable in (
+            "BUDDY_NAME=/",
+            "BUDDY_ENV_COLOR=blue",
+            f"BUDDY_PORT=tcp://{ip}:80",
+            f"BUDDY_PORT_80_TCP_ADDR={ip}",
+            "BUDDY_PORT_80_TCP_PROTO=tcp",
+        ):
+            assert variable in out  # fmt: skip
         own = next(line.split()[3] for line in out.splitlines() if " eth0 " in line)
         assert f"{own.split('/')[0]}\tbox" in out and "\nbox\n" in out
         # Bridge traffic between two containers passes whatever br_netfilter says.

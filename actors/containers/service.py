@@ -454,7 +454,7 @@ class ContainersService:
         ] + oci.bind_mounts(host)
         spec = build_spec(
             args=[container.Path, *container.Args],
-            env=oci.process_env(container, hostname),
+            env=oci.process_env(container, hostname) + self._link_env(container),
             cwd=config.get("WorkingDir") or "/",
             uid=uid,
             gid=gid,
@@ -475,6 +475,22 @@ class ContainersService:
         )
         spec["root"]["path"] = str(rootfs)
         return spec
+
+    def _link_env(self, container: Container) -> list[str]:
+        """Legacy `--link` on the default bridge: the linked containers' variables."""
+        from actors.network.etc import link_env
+
+        env: list[str] = []
+        for link in container.HostConfig.get("Links") or []:
+            target_name, _, alias = link.partition(":")
+            target = self._find(target_name.lstrip("/"))
+            address = target.NetworkSettings.get("IPAddress") if target is not None else ""
+            if target is None or not address:
+                continue
+            alias = alias.rsplit("/", 1)[-1] or target.Name.lstrip("/")
+            ports = list((target.Config.get("ExposedPorts") or {}).keys())
+            env += link_env(alias, container.Name, address, ports, target.Config.get("Env") or [])
+        return env
 
     def _namespaces(self, host: dict[str, Any], sandbox_key: str = "") -> list[dict[str, str]]:
         namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]

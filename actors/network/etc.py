@@ -97,3 +97,26 @@ def host_files(extra_hosts: list[str]) -> tuple[str, str]:
     except OSError:
         resolv = "".join(f"nameserver {s}\n" for s in FALLBACK_DNS)
     return hosts, resolv
+
+
+def link_env(alias: str, parent: str, address: str, ports: list[str], env: list[str]) -> list[str]:
+    """Legacy `--link` variables (moby's links package): <ALIAS>_NAME, _PORT*, _ENV_*."""
+    prefix = alias.upper().replace("-", "_")
+    out = [f"{prefix}_NAME=/{parent.lstrip('/')}/{alias}"]
+
+    def key(port: str) -> tuple[int, str]:
+        number, _, proto = port.partition("/")
+        return (int(number) if number.isdigit() else 0, proto or "tcp")
+
+    for index, (number, proto) in enumerate(sorted(key(p) for p in ports)):
+        url = f"{proto}://{address}:{number}"
+        if index == 0:
+            out.append(f"{prefix}_PORT={url}")
+        base = f"{prefix}_PORT_{number}_{proto.upper()}"
+        out += [f"{base}={url}", f"{base}_ADDR={address}", f"{base}_PORT={number}",
+                f"{base}_PROTO={proto}"]  # fmt: skip
+    for entry in env:
+        name, sep, value = entry.partition("=")
+        if sep and name not in ("HOME", "PATH"):
+            out.append(f"{prefix}_ENV_{name}={value}")
+    return out
