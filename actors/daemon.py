@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from actors.containerd.bridge import ContainerdBridge
     from actors.containers.service import ContainersService
     from actors.images.service import ImagesService
+    from actors.network.service import NetworkService
     from actors.stats.collector import StatsCollector
     from actors.volumes.service import VolumesService
 
@@ -95,6 +96,7 @@ class Daemon:
         self.volumes: VolumesService | None = None
         self.containers: ContainersService | None = None
         self.stats: StatsCollector | None = None
+        self.network: NetworkService | None = None
         self._reload_lock = trio.Lock()
 
     def children(self) -> list[ChildSpec]:
@@ -113,6 +115,7 @@ class Daemon:
             ChildSpec(id="containerd", start=self._run_containerd, shutdown=15.0),
             ChildSpec(id="images", start=self._run_images, shutdown=5.0),
             ChildSpec(id="volumes", start=self._run_volumes, shutdown=5.0),
+            ChildSpec(id="network", start=self._run_network, shutdown=10.0),
             ChildSpec(id="containers", start=self._run_containers, shutdown=30.0),
             ChildSpec(id="stats", start=self._run_stats, shutdown=1.0),
         ]
@@ -156,6 +159,23 @@ class Daemon:
         assert self.volumes is not None
         await self.volumes.run(stopping=stopping, task_status=task_status)
 
+    async def _run_network(self, *, stopping: trio.Event, task_status: Any) -> None:
+        if self.network is None:
+            module = await trio.to_thread.run_sync(
+                importlib.import_module, "actors.network.service"
+            )
+            self.network = module.NetworkService(
+                data_root=Path(self.cfg.data_root),
+                exec_root=Path(self.cfg.exec_root),
+                events=self.events,
+                bridge=self.cfg.bridge,
+                bip=self.cfg.bip,
+                mtu=self.cfg.mtu,
+            )
+            self.context.register("network", self.network)
+        assert self.network is not None
+        await self.network.run(stopping=stopping, task_status=task_status)
+
     async def _run_containers(self, *, stopping: trio.Event, task_status: Any) -> None:
         if self.containers is None:
             assert self.containerd is not None and self.images is not None
@@ -170,6 +190,7 @@ class Daemon:
                 images=self.images,
                 volumes=self.volumes,
                 events=self.events,
+                network=self.network,
                 cgroup_parent=f"/{self.cfg.containerd_namespace}",
                 default_ulimits=lambda: [
                     {"Name": u.name, "Soft": u.soft, "Hard": u.hard}

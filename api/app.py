@@ -23,9 +23,9 @@ def create_app(context: ApiContext, settings: ApiSettings) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = None
     app.url_map.strict_slashes = False
 
-    from api.routes import containers, images, system, volumes
+    from api.routes import containers, images, networks, system, volumes
 
-    for module in (system, images, containers, volumes):
+    for module in (system, images, containers, volumes, networks):
         app.register_blueprint(module.router)
     if settings.debug:  # a reload that turns debug on or off swaps this in or out
         from api.routes import debug

@@ -1,6 +1,6 @@
 """`make bench`: every figure next to dockerd's, measured in the same run when installed.
 
-python -m bench [ping] [images] [containers] [bridge]   (default: all groups)
+python -m bench [ping] [images] [containers] [bridge] [network]   (default: all groups)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import bridge, containers, images, restore
+from bench import bridge, containers, images, network, restore
 from bench.engines import dockerd_available, start_engine
 from bench.ping import ping_throughput
 
@@ -70,6 +70,10 @@ def measure_bridge(name: str) -> dict[str, float]:
     return bridge.measure() if name == "pydockerd" else {}
 
 
+def measure_network(name: str) -> dict[str, float]:
+    return network.measure() if name == "pydockerd" else {}
+
+
 GROUPS: dict[str, tuple[Callable[[str], dict[str, float]], list[Row]]] = {
     "ping": (
         measure_ping,
@@ -115,6 +119,15 @@ GROUPS: dict[str, tuple[Callable[[str], dict[str, float]], list[Row]]] = {
             ("containerd Version via trio bridge (us)", "bridge_us", ""),
             ("containerd Version, native asyncio (us)", "native_us", ""),
             ("bridge overhead per call (us)", "bridge_overhead_us", "goal <= 60 us"),
+        ],
+    ),
+    "network": (
+        measure_network,
+        [
+            ("docker run --rm --network none (s, med 20)", "run_none_s", ""),
+            ("docker run --rm, default bridge (s, med 20)", "run_bridge_s", ""),
+            ("bridge setup added to a run (ms)", "bridge_extra_ms", "goal < 30 (dockerd ~70)"),
+            ("published TCP port, 200 MB via proxy (MB/s)", "proxy_mbps", ""),
         ],
     ),
 }

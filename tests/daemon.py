@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -22,6 +24,7 @@ PYDOCKERD = [sys.executable, "-m", "kernel.main"]
 
 
 CREATED_DIRS: list[Path] = []  # removed at the end of the test session (conftest)
+CREATED_DAEMONS: list[Daemon] = []  # their bridges go at the end of the session (conftest)
 
 
 def short_tempdir(prefix: str = "pyd") -> Path:
@@ -36,6 +39,32 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def routed_networks() -> list[ipaddress.IPv4Network]:
+    out = subprocess.run(
+        ["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True
+    )
+    nets = []
+    for line in out.stdout.splitlines():
+        first = line.split()[0] if line.split() else ""
+        if first in ("local", "broadcast"):
+            first = line.split()[1]
+        try:
+            nets.append(ipaddress.IPv4Network(first, strict=False))
+        except ValueError:
+            continue
+    return nets
+
+
+def free_subnet() -> ipaddress.IPv4Network:
+    """A /24 in 10.200.0.0-10.254.255.0 that nothing on the host routes yet (random, so
+    parallel test daemons and their networks do not collide)."""
+    taken = routed_networks()
+    while True:
+        net = ipaddress.IPv4Network(f"10.{random.randint(200, 254)}.{random.randint(0, 255)}.0/24")
+        if not any(net.overlaps(t) for t in taken):
+            return net
 
 
 def unix_request(path: str, request: bytes, *, timeout: float = 10.0) -> bytes:
@@ -69,6 +98,10 @@ class Daemon:
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.namespace = f"pydtest-{secrets.token_hex(6)}"
+        # Our own default bridge and subnet: parallel daemons never share one.
+        self.bridge = f"pyd{secrets.token_hex(4)}"
+        self.bip = f"{free_subnet()[1]}/24"
+        CREATED_DAEMONS.append(self)
         self.starts = 0
         # Interpreter arguments before `-m kernel.main` (a launcher script, say).
         self.command_prefix: list[str] = []
@@ -97,6 +130,8 @@ class Daemon:
             "--iptables=false",
             "--ip-masq=false",
         ]  # fmt: skip
+        if not any(a in ("-b", "--bridge") or a.startswith("--bridge=") for a in self.args):
+            args += ["--bridge", self.bridge, "--bip", self.bip]
         hosts_given = any(a in ("-H", "--host") or a.startswith("--host=") for a in self.args)
         if not hosts_given and "hosts" not in self.file_config():
             args += ["-H", self.host]
@@ -202,6 +237,33 @@ class Daemon:
         return self.proc.returncode
 
 
+def remove_network_leftovers(daemon: Daemon) -> None:
+    """What the daemon's network records name: veths, namespaces, bridges (only ours)."""
+    records = daemon.data_root / "network"
+    for path in (records / "sandboxes").glob("*.json"):
+        try:
+            sandbox = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for endpoint in sandbox.get("endpoints") or []:
+            subprocess.run(["ip", "link", "del", endpoint["host_if"]], capture_output=True)
+        if sandbox.get("netns"):
+            subprocess.run(["umount", "-l", sandbox["netns"]], capture_output=True)
+    bridges = {daemon.bridge}
+    for path in (records / "networks").glob("*.json"):
+        try:
+            network = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if network.get("Driver") == "bridge":
+            options = network.get("Options") or {}
+            bridges.add(options.get("com.docker.network.bridge.name") or f"br-{network['Id'][:12]}")
+    for bridge in bridges:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    for netns in (daemon.exec_root / "netns").glob("*"):
+        subprocess.run(["umount", "-l", str(netns)], capture_output=True)
+
+
 def remove_cgroups(namespace: str) -> None:
     """The daemon's cgroup parent (`/<namespace>`) in every hierarchy, once it is empty."""
     base = Path("/sys/fs/cgroup")
@@ -227,6 +289,7 @@ def running_daemon(
         yield daemon
     finally:
         daemon.stop()
+        remove_network_leftovers(daemon)
         remove_cgroups(daemon.namespace)
         shutil.rmtree(root, ignore_errors=True)
 

@@ -263,7 +263,6 @@ def test_validation(tmp_path: Path) -> None:
         ({"insecure-registries": ["-r"]}, "invalid index name (-r)"),
         ({"bip": "10.0.0.1"}, "parse bip failed"),
         ({"bip": "10.0.0.300/24"}, "parse bip failed"),
-        ({"bip": "10.0.0.1/24", "bridge": "br0"}, "-b & --bip, mutually exclusive"),
         ({"default-ulimits": {"bogus": {"Soft": 1, "Hard": 1}}}, "invalid ulimit type: bogus"),
         ({"default-ulimits": {"nofile": {"Soft": 2, "Hard": 1}}}, "soft limit must be less"),
     ]

@@ -26,8 +26,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 @pytest.fixture
 def burner(daemon: Daemon) -> Iterator[str]:
     cid = daemon.docker(
-        "run", "-d", "--name", "burner", "--cpus", "0.5", "busybox", "sh", "-c",
-        "head -c 20000000 /dev/zero > /dev/shm/fill; while true; do :; done",
+        "run", "-d", "--name", "burner", "--cpus", "0.5", "--network", "none",
+        "busybox", "sh", "-c", "head -c 20000000 /dev/zero > /dev/shm/fill; while true; do :; done",
     ).stdout.strip()  # fmt: skip
     try:
         yield cid

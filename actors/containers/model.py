@@ -89,8 +89,12 @@ class Container(msgspec.Struct, kw_only=True):
 
     def inspect(self) -> dict[str, Any]:
         data: dict[str, Any] = msgspec.to_builtins(self)
-        for key in ("HasBeenStartedBefore", "HasBeenManuallyStopped", "RemovalInProgress",
-                    "MountPoints"):
+        for key in (
+            "HasBeenStartedBefore",
+            "HasBeenManuallyStopped",
+            "RemovalInProgress",
+            "MountPoints",
+        ):
             data.pop(key)
         data["ExecIDs"] = None
         data["MountLabel"] = ""

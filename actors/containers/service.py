@@ -14,7 +14,7 @@ import re
 import shlex
 import shutil
 import signal as signals
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +37,18 @@ from actors.containers.store import ContainerStore
 from actors.containers.streams import OutputHub
 from actors.events import EventsService
 from kernel.clock import now_rfc3339, parse_time
-from kernel.errors import Conflict, InternalError, InvalidParameter, NotModified, Unavailable
+from kernel.errors import (
+    Conflict,
+    InternalError,
+    InvalidParameter,
+    NotModified,
+    Unavailable,
+)
 from kernel.fsutil import atomic_write
 from kernel.threadpipe import run_with_input
 
 if TYPE_CHECKING:
+    from actors.network.service import NetworkService
     from actors.volumes.service import VolumesService
 
 log = logging.getLogger("pydockerd.containers")
@@ -91,6 +98,7 @@ class ContainersService:
         images: ImageProvider,
         events: EventsService,
         volumes: VolumesService | None = None,
+        network: NetworkService | None = None,
         cgroup_parent: str = "/pydockerd",
         default_ulimits: Callable[[], list[dict[str, Any]]] = list,
         live_restore: Callable[[], bool] = lambda: False,
@@ -104,6 +112,7 @@ class ContainersService:
         self.images = images
         self.events = events
         self.mounts = ContainerMounts(volumes)
+        self.network = network
         self.cgroup_parent = cgroup_parent
         self.default_ulimits = default_ulimits
         self.live_restore = live_restore
@@ -119,6 +128,7 @@ class ContainersService:
         self._policies_applied = False
         self._restoring: dict[str, trio.Event] = {}
         self._restore_total = 0
+        self._restore_done = False
         self._changed = trio.Event()  # set on every state change (waiters re-check)
         self._nursery: trio.Nursery | None = None
         self._loaded = False
@@ -247,10 +257,13 @@ class ContainersService:
                 self._reattach(container, task.status == TaskStatus.PAUSED)
                 self._restored(container.Id)
         if not self._policies_applied:
-            await self._start_by_policy()
             self._policies_applied = True
+            if self.network is not None:  # undo the sandboxes of containers gone meanwhile
+                await self.network.reconcile({c.Id for c in self.store if c.State.Running})
+            await self._start_by_policy()
             for cid in list(self._restoring):
                 self._restored(cid)  # neither running nor to be started after all
+            self._restore_done = True
 
     def _reattach(self, container: Container, paused: bool) -> None:
         """A task that outlived us (daemon restart): reopen its FIFOs and go on logging."""
@@ -320,7 +333,7 @@ class ContainersService:
         return {
             "Containers": self._restore_total,
             "Restored": self._restore_total - len(self._restoring),
-            "Done": self._policies_applied and not self._restoring,
+            "Done": self._restore_done,
         }
 
     def _publish(
@@ -352,7 +365,7 @@ class ContainersService:
 
     async def create(self, name: str, body: dict[str, Any]) -> tuple[str, list[str]]:
         host_config: dict[str, Any] = body.pop("HostConfig", None) or {}
-        body.pop("NetworkingConfig", None)
+        networking = body.pop("NetworkingConfig", None) or {}
         config = body
         warnings = validate_host_config(host_config)
         ref = config.get("Image") or ""
@@ -366,6 +379,11 @@ class ContainersService:
         if not argv:
             raise InvalidParameter("No command specified")
         mount_points = self.mounts.plan(config, host_config, self.store.get)
+        network_settings = (
+            self.network.plan(host_config, networking)
+            if self.network is not None
+            else empty_network_settings()
+        )
         cid = self.store.new_id()
         full_name = self.store.reserve_name(name, cid)
         try:
@@ -394,7 +412,7 @@ class ContainersService:
                 ResolvConfPath=str(directory / "resolv.conf"),
                 HostnamePath=str(directory / "hostname"),
                 HostsPath=str(directory / "hosts"),
-                NetworkSettings=empty_network_settings(),
+                NetworkSettings=network_settings,
                 MountPoints=mount_points,
             )
             container.sync_mounts()
@@ -426,11 +444,13 @@ class ContainersService:
     def _write_etc_files(self, container: Container) -> None:
         hostname = container.Config.get("Hostname") or container.short_id
         atomic_write(Path(container.HostnamePath), f"{hostname}\n".encode())
-        atomic_write(
-            Path(container.HostsPath),
-            oci.hosts_file(hostname, None, container.HostConfig.get("ExtraHosts") or []).encode(),
-        )
-        atomic_write(Path(container.ResolvConfPath), oci.resolv_conf().encode())
+        if self.network is not None:
+            hosts, resolv = self.network.etc_files(container)
+        else:
+            extra = container.HostConfig.get("ExtraHosts") or []
+            hosts, resolv = oci.hosts_file(hostname, None, extra), oci.resolv_conf()
+        atomic_write(Path(container.HostsPath), hosts.encode())
+        atomic_write(Path(container.ResolvConfPath), resolv.encode())
 
     # -- start -------------------------------------------------------------------
 
@@ -460,6 +480,9 @@ class ContainersService:
         try:
             volume_mounts = await self.mounts.setup(container, rootfs)
             container.sync_mounts()
+            if self.network is not None:  # the sandbox exists before the task
+                container.NetworkSettings = await self.network.attach(container)
+                self._write_etc_files(container)
             spec = self._spec(container, rootfs, volume_mounts)
             fifos = self._fifos(container)
             with_stdin = bool(container.Config.get("OpenStdin"))
@@ -489,6 +512,8 @@ class ContainersService:
                 self.mounts.exited(container.Id)
                 await self.mounts.teardown(container)
                 await self.images.unmount_rw_layer(container.Id)
+                if self.network is not None:
+                    container.NetworkSettings = await self.network.release(container)
             if isinstance(exc, ContainerdError | InvalidParameter):
                 container.State.Error = exc.message
                 container.State.ExitCode = 128
@@ -529,7 +554,7 @@ class ContainersService:
         ] + (volume_mounts or [])
         spec = build_spec(
             args=[container.Path, *container.Args],
-            env=oci.process_env(container, hostname),
+            env=oci.process_env(container, hostname) + self._link_env(container),
             cwd=config.get("WorkingDir") or "/",
             uid=uid,
             gid=gid,
@@ -541,7 +566,7 @@ class ContainersService:
             cap_add=host.get("CapAdd") or [],
             cap_drop=host.get("CapDrop") or [],
             extra_mounts=mounts,
-            namespaces=self._namespaces(host),
+            namespaces=self._namespaces(host, container.NetworkSettings.get("SandboxKey") or ""),
             resources=oci.resources(host),
             rlimits=oci.rlimits(host, self.default_ulimits()),
             cgroups_path=f"{self.cgroup_parent}/{container.Id}",
@@ -560,17 +585,37 @@ class ContainersService:
             spec["linux"]["rootfsPropagation"] = propagation
         return spec
 
-    def _namespaces(self, host: dict[str, Any]) -> list[dict[str, str]]:
+    def _link_env(self, container: Container) -> list[str]:
+        """Legacy `--link` on the default bridge: the linked containers' variables."""
+        from actors.network.etc import link_env
+
+        env: list[str] = []
+        for link in container.HostConfig.get("Links") or []:
+            target_name, _, alias = link.partition(":")
+            target = self._find(target_name.lstrip("/"))
+            address = target.NetworkSettings.get("IPAddress") if target is not None else ""
+            if target is None or not address:
+                continue
+            alias = alias.rsplit("/", 1)[-1] or target.Name.lstrip("/")
+            ports = list((target.Config.get("ExposedPorts") or {}).keys())
+            env += link_env(alias, container.Name, address, ports, target.Config.get("Env") or [])
+        return env
+
+    def _namespaces(self, host: dict[str, Any], sandbox_key: str = "") -> list[dict[str, str]]:
         namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
         mode = host.get("NetworkMode") or "default"
         if mode.startswith("container:"):
             other = self.store.get(mode.split(":", 1)[1])
             if not other.State.Running:
                 raise Conflict(f"cannot join network of a non running container: {other.Id}")
-            namespaces.append({"type": "network", "path": f"/proc/{other.State.Pid}/ns/net"})
+            if (other.HostConfig.get("NetworkMode") or "") != "host":
+                path = other.NetworkSettings.get("SandboxKey") or f"/proc/{other.State.Pid}/ns/net"
+                namespaces.append({"type": "network", "path": path})
         elif mode != "host":
-            # Until the network actor lands, bridge networks behave like `none`.
-            namespaces.append({"type": "network"})
+            # The network actor's namespace (made before the task); without it, a new one.
+            namespaces.append(
+                {"type": "network", "path": sandbox_key} if sandbox_key else {"type": "network"}
+            )
         if host.get("PidMode") == "host":
             namespaces = [n for n in namespaces if n["type"] != "pid"]
         if host.get("IpcMode") == "host":
@@ -617,6 +662,14 @@ class ContainersService:
     async def _after_exit(self, container: Container) -> None:
         with trio.CancelScope(shield=True):
             await self.mounts.teardown(container)
+            if self.network is not None and not container.State.Running:
+                try:
+                    settings = await self.network.release(container)
+                    if self.store.get_or_none(container.Id) is not None:
+                        container.NetworkSettings = settings
+                        self.store.save(container)
+                except Exception as exc:
+                    log.warning("releasing the network of %s: %s", container.short_id, exc)
             try:
                 await self.images.unmount_rw_layer(container.Id)
             except Exception as exc:
@@ -867,6 +920,8 @@ class ContainersService:
             container.Name = name
             self.store.release_name(old)
             self.store.save(container)
+            if self.network is not None:
+                self.network.rename(container.Id, old.lstrip("/"), name.lstrip("/"))
         self._publish(container, "rename", {"oldName": old})
 
     async def resize(self, ref: str, height: int, width: int) -> None:
@@ -899,6 +954,20 @@ class ContainersService:
         self._publish(container, "update")
         return warnings
 
+    async def change_network(
+        self, ref: str, change: Callable[[Container], Awaitable[dict[str, Any]]]
+    ) -> None:
+        """`docker network connect/disconnect`: the network actor computes the new
+        NetworkSettings; the record and /etc/hosts follow."""
+        container = self.store.get(ref)
+        async with self._lock(container.Id):
+            container.NetworkSettings = await change(container)
+            self.store.save(container)
+            if self.network is not None and container.State.Running:
+                # Bind-mounted into the container: new content, same inode.
+                hosts, _ = self.network.etc_files(container)
+                Path(container.HostsPath).write_text(hosts)
+
     # -- remove ---------------------------------------------------------------------
 
     async def remove(self, ref: str, *, force: bool, volumes: bool) -> None:
@@ -929,6 +998,8 @@ class ContainersService:
                     pass
                 await self.images.unmount_rw_layer(container.Id)
                 await self.images.remove_rw_layer(container.Id)
+                if self.network is not None:
+                    await self.network.release(container)
                 self._fifos(container).remove()
                 self.store.remove(container)
                 await self.mounts.release(
