@@ -117,6 +117,7 @@ class Daemon:
             ChildSpec(id="volumes", start=self._run_volumes, shutdown=5.0),
             ChildSpec(id="network", start=self._run_network, shutdown=10.0),
             ChildSpec(id="containers", start=self._run_containers, shutdown=30.0),
+            ChildSpec(id="restore", start=self._run_restore, restart="temporary", shutdown=1.0),
             ChildSpec(id="stats", start=self._run_stats, shutdown=1.0),
         ]
 
@@ -204,6 +205,12 @@ class Daemon:
             self.context.register("containers", self.containers)
         assert self.containers is not None
         await self.containers.run(stopping=stopping, task_status=task_status)
+
+    async def _run_restore(self, *, stopping: trio.Event, task_status: Any) -> None:
+        """The restore worker: brings the containers back, then ends (a temporary actor)."""
+        assert self.containers is not None
+        task_status.started(None)
+        await self.containers.restore()
 
     async def _run_stats(self, *, stopping: trio.Event, task_status: Any) -> None:
         if self.stats is None:

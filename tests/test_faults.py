@@ -59,6 +59,7 @@ def test_a_crashed_stats_actor_restarts_alone(daemon: Daemon) -> None:
         after = wait_restarted(daemon, "stats", before["stats"]["restarts"] + 1)
         assert "InjectedFault" in after["stats"]["last_error"]
         assert after["containers"]["detail"]["attached"] == 1
+        assert after["restore"]["state"] == "stopped"  # the temporary restore worker ended
         assert after["stats"]["detail"] == {"samplers": 0, "subscribers": 0}
         assert all(after[a]["restarts"] == before[a]["restarts"] for a in after if a != "stats")
         client = daemon.client()

@@ -158,10 +158,12 @@ class ContainersService:
                 nursery.start_soon(self._monitor, subscribed)
                 nursery.start_soon(self.execs.collector)
                 await subscribed.wait()
-                # The bridge connected before we subscribed: reconcile once now (restore:
-                # reattach running tasks, find exits we missed, apply restart policies).
-                nursery.start_soon(self._reconcile)
-                nursery.start_soon(self.mounts.verify, list(self.store))
+                if self._policies_applied:
+                    # A restart after a crash: reattach what runs, find exits we missed. (At
+                    # daemon start the restore worker does this, and applies the policies.)
+                    nursery.start_soon(self._reconcile)
+                else:
+                    nursery.start_soon(self.mounts.verify, list(self.store))
                 task_status.started(self)
                 await stopping.wait()
                 self._stopping = True
@@ -230,6 +232,16 @@ class ContainersService:
             return self.store.get(cid)
         except Exception:
             return None
+
+    async def restore(self) -> None:
+        """The restore worker's job at daemon start: reattach running containers, mark those
+        that exited meanwhile, start those whose policy says so (children first). Requests
+        for a container still being restored wait for it; they never wait forever."""
+        try:
+            await self._reconcile()
+        finally:
+            for cid in list(self._restoring):
+                self._restored(cid)
 
     async def _reconcile(self) -> None:
         """Match our running containers with containerd's tasks; reattach or mark exited."""
