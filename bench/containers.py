@@ -50,12 +50,15 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def api(engine: Engine) -> docker.APIClient:
-    return docker.APIClient(base_url=f"unix://{engine.sock}", version="1.43", timeout=120)
+    return docker.APIClient(base_url=f"unix://{engine.sock}", version="1.41", timeout=120)
 
 
 def cli(engine: Engine, *args: str) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "DOCKER_HOST": f"unix://{engine.sock}"}
-    return subprocess.run(["docker", *args], env=env, capture_output=True, check=True)
+    result = subprocess.run(["docker", *args], env=env, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {result.stderr.decode(errors='replace')}")
+    return result
 
 
 def rss_mb(pid: int) -> float:

@@ -10,21 +10,9 @@ import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.daemon import Daemon, running_daemon, wait_child
-from tests.fixtures.busybox import busybox_archive
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    archive = busybox_archive(tmp_path_factory.mktemp("fixtures") / "busybox.tar")
-    with running_daemon() as d:
-        d.docker("load", "-i", str(archive))
-        yield d
 
 
 def test_run_prints_and_exits_with_the_code(daemon: Daemon) -> None:
@@ -219,8 +207,8 @@ def _managed_containerd_pid(daemon: Daemon) -> int:
     raise AssertionError("the daemon's containerd is not running")
 
 
-def test_shutdown_stops_containers(tmp_path: Path) -> None:
-    archive = busybox_archive(tmp_path / "busybox.tar")
+def test_shutdown_stops_containers(busybox_tar: Path) -> None:
+    archive = busybox_tar
     with running_daemon("--shutdown-timeout", "2") as d:
         d.docker("load", "-i", str(archive))
         d.docker("run", "-d", "--name", "sleeper", "busybox", "sleep", "300")
@@ -349,9 +337,9 @@ def test_restart_policy_on_failure(daemon: Daemon) -> None:
         daemon.docker("rm", "-f", "flaky")
 
 
-def test_live_restore_across_kill_9(tmp_path: Path) -> None:
+def test_live_restore_across_kill_9(busybox_tar: Path) -> None:
     """With --live-restore a container outlives a killed daemon, and keeps its output."""
-    archive = busybox_archive(tmp_path / "busybox.tar")
+    archive = busybox_tar
     with running_daemon("--live-restore") as d:
         try:
             d.docker("load", "-i", str(archive))
@@ -383,8 +371,8 @@ def test_live_restore_across_kill_9(tmp_path: Path) -> None:
             d.docker("rm", "-f", "keeper", *names, check=False)
 
 
-def test_restart_always_comes_back_after_daemon_restart(tmp_path: Path) -> None:
-    archive = busybox_archive(tmp_path / "busybox.tar")
+def test_restart_always_comes_back_after_daemon_restart(busybox_tar: Path) -> None:
+    archive = busybox_tar
     with running_daemon("--shutdown-timeout", "1") as d:
         try:
             d.docker("load", "-i", str(archive))
@@ -420,8 +408,8 @@ def test_restart_always_comes_back_after_daemon_restart(tmp_path: Path) -> None:
             d.docker("rm", "-f", "always", "unless", "parent", check=False)
 
 
-def test_torn_removal_comes_back_dead(tmp_path: Path) -> None:
-    archive = busybox_archive(tmp_path / "busybox.tar")
+def test_torn_removal_comes_back_dead(busybox_tar: Path) -> None:
+    archive = busybox_tar
     with running_daemon() as d:
         d.docker("load", "-i", str(archive))
         cid = d.docker("create", "--name", "torn", "busybox", "true").stdout.strip()

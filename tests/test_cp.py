@@ -10,16 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon, running_daemon
-from tests.fixtures.busybox import busybox_archive
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    archive = busybox_archive(tmp_path_factory.mktemp("fixtures") / "busybox.tar")
-    with running_daemon() as d:
-        d.docker("load", "-i", str(archive))
-        yield d
+from tests.daemon import Daemon
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import signal
 import struct
 import termios
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,16 +18,7 @@ import docker
 import pytest
 
 from actors.containers.execs import Exec, ExecStore
-from tests.daemon import Daemon, running_daemon, wait_child
-from tests.fixtures.busybox import busybox_archive
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    archive = busybox_archive(tmp_path_factory.mktemp("fixtures") / "busybox.tar")
-    with running_daemon() as d:
-        d.docker("load", "-i", str(archive))
-        yield d
+from tests.daemon import Daemon, wait_child
 
 
 class Terminal:

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.daemon import Daemon, running_daemon
-from tests.fixtures.busybox import busybox_archive
+from tests.conftest import busybox_daemon
+from tests.daemon import Daemon
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    archive = busybox_archive(tmp_path_factory.mktemp("fixtures") / "busybox.tar")
+def daemon(busybox_tar: Path) -> Iterator[Daemon]:
     # The fault route exists only with debug on and the test hooks enabled.
-    with running_daemon("--debug", env={"PYDOCKERD_TEST_HOOKS": "1"}) as d:
-        d.docker("load", "-i", str(archive))
+    with busybox_daemon(busybox_tar, "--debug", env={"PYDOCKERD_TEST_HOOKS": "1"}) as d:
         yield d
 
 

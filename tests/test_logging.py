@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon, running_daemon
-from tests.fixtures.busybox import busybox_archive
+from tests.conftest import busybox_daemon
+from tests.daemon import Daemon
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    archive = busybox_archive(tmp_path_factory.mktemp("fixtures") / "busybox.tar")
-    with running_daemon("--log-driver", "local", "--log-opt", "max-size=1m") as d:
-        d.docker("load", "-i", str(archive))
+def daemon(busybox_tar: Path) -> Iterator[Daemon]:
+    with busybox_daemon(busybox_tar, "--log-driver", "local", "--log-opt", "max-size=1m") as d:
         yield d
 
 

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
-from tests.daemon import Daemon, running_daemon
-from tests.fixtures.busybox import busybox_archive
+from tests.daemon import Daemon
 
 CAP_CHOWN, CAP_NET_ADMIN, CAP_SYS_ADMIN = 0, 12, 21
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    archive = busybox_archive(tmp_path_factory.mktemp("fixtures") / "busybox.tar")
-    with running_daemon() as d:
-        d.docker("load", "-i", str(archive))
-        yield d
 
 
 def status_field(daemon: Daemon, field: str, *opts: str) -> str:

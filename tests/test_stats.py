@@ -9,18 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon, running_daemon
-from tests.fixtures.busybox import busybox_archive
+from tests.daemon import Daemon
 
 CGROUP = Path("/sys/fs/cgroup")
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    archive = busybox_archive(tmp_path_factory.mktemp("fixtures") / "busybox.tar")
-    with running_daemon() as d:
-        d.docker("load", "-i", str(archive))
-        yield d
 
 
 @pytest.fixture
