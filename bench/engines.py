@@ -79,12 +79,14 @@ def start_engine(
         "-H", f"unix://{sock}",
         "--iptables=false",
         "--ip-masq=false",
+        "--bridge=none",  # no bridge left on the host; `extra` may name one (the last wins)
         *extra,
+        "--config-file", str(root / "x.json"),
     ]  # fmt: skip
     if name == "pydockerd":
-        argv = [sys.executable, "-m", "kernel.main", *common, "--config-file", str(root / "x.json")]
+        argv = [sys.executable, "-m", "kernel.main", *common]
     else:
-        argv = ["dockerd", *common, "--bridge=none", "--config-file", str(root / "x.json")]
+        argv = ["dockerd", *common]
     (root / "x.json").write_text("{}")
     log = (root / "engine.log").open("ab")
     started = time.perf_counter()
