@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import threading
 import time
 import traceback
 import uuid
@@ -37,6 +38,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("pydockerd.daemon")
 
 DATA_DIRS = ("containers", "image", "volumes", "network", "trust", "tmp")
+# The modules of the actors after containerd: loaded in a thread while containerd boots, so
+# each actor finds its module ready instead of importing it in turn.
+LATER_ACTOR_MODULES = (
+    "actors.images.service",
+    "actors.network.service",
+    "actors.volumes.service",
+    "actors.containers.service",
+    "actors.stats.collector",
+)
+
+
+def _preload_modules() -> None:
+    for name in LATER_ACTOR_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the actor's own import reports it properly
+            return
 
 
 def prepare_roots(cfg: config.DaemonConfig) -> str:
@@ -123,6 +141,7 @@ class Daemon:
 
     async def _run_containerd(self, *, stopping: trio.Event, task_status: Any) -> None:
         if self.containerd is None:
+            threading.Thread(target=_preload_modules, name="preload", daemon=True).start()
             # grpclib and protobuf load in a thread while the API already answers /_ping.
             bridge = await trio.to_thread.run_sync(
                 importlib.import_module, "actors.containerd.bridge"
