@@ -97,14 +97,23 @@ class Firewall:
 
     def start(self) -> None:
         """Our chains made (or flushed: stale rules go) and jumped to; fails the daemon's
-        start when the binaries are missing, as dockerd does."""
+        start when that fails or the binaries are missing, as dockerd does."""
+        failed = (
+            "Error initializing network controller: error obtaining controller instance: "
+            f'failed to register "bridge" driver: failed to create NAT chain {NAT}: '
+        )
         iptables, restore = shutil.which("iptables"), shutil.which("iptables-restore")
         if iptables is None or restore is None:
             raise StartupError(
-                "Error initializing network controller: failed to create NAT chain "
-                f"{NAT}: iptables not found (install iptables or run with --iptables=false)"
+                failed + "iptables not found (install iptables or run with --iptables=false)"
             )
         self._iptables, self._restore = iptables, restore
+        try:
+            self._setup()
+        except IptablesError as exc:
+            raise StartupError(failed + str(exc)) from None
+
+    def _setup(self) -> None:
         with self._lock:
             self._owned.clear()
             lines = []
