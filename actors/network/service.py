@@ -431,6 +431,10 @@ class NetworkService:
                 raise Forbidden(
                     f"bridge name {network.bridge} is not available: {exc.strerror}"
                 ) from None
+            except OSError as exc:  # iptables refused a rule: no half-made network
+                with trio.CancelScope(shield=True):
+                    await self._forget_network(network)
+                raise InternalError(f"failed to create network {name}: {exc}") from None
             try:
                 await trio.to_thread.run_sync(self._save_network, network)
             except BaseException:
