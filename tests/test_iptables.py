@@ -132,8 +132,7 @@ def test_published_port_served_by_dnat(netns: str, archive: Path) -> None:
 
         d.docker("run", "-d", "--name", "web", "-p", "8080:80", "busybox", "sh", "-c", HTTPD)
         ip = inspect(d, "inspect", "web")["NetworkSettings"]["IPAddress"]
-        dnat = (f"-A PYDOCKER ! -i {d.bridge} -p tcp -m tcp --dport 8080 "
-                f"-j DNAT --to-destination {ip}:80")  # fmt: skip
+        dnat = f"-A PYDOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination {ip}:80"
         accept = (f"-A PYDOCKER-FORWARD -d {ip}/32 ! -i {d.bridge} -o {d.bridge} "
                   "-p tcp -m tcp --dport 80 -j ACCEPT")  # fmt: skip
         assert dnat in rules(netns, "nat") and accept in rules(netns)
@@ -142,6 +141,11 @@ def test_published_port_served_by_dnat(netns: str, archive: Path) -> None:
         gateway = d.bip.split("/")[0]
         assert fetch(netns, f"http://{gateway}:8080/").startswith("hello-")
         assert fetch(netns, "http://127.0.0.1:8080/").startswith("hello-")
+        # hairpin: from a neighbour on the bridge and from the container itself
+        probe = f"timeout 5 wget -qO- http://{gateway}:8080/ || exit 1"
+        page = d.docker("run", "--rm", "busybox", "sh", "-c", probe, timeout=20)
+        assert page.stdout.startswith("hello-")
+        assert d.docker("exec", "web", "sh", "-c", probe, timeout=20).stdout.startswith("hello-")
 
         d.docker("rm", "-f", "web")
         assert dnat not in rules(netns, "nat") and accept not in rules(netns)

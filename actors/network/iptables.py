@@ -182,24 +182,33 @@ class Firewall:
         ]  # fmt: skip
         if self.userland_proxy:  # from a container, the proxy serves published ports
             rules.append(Rule("nat", NAT, ("-i", bridge, "-j", "RETURN"), first=True))
-        else:  # 127.0.0.1:<port> is DNATed: such packets may leave lo for the bridge
-            rules.append(Rule("nat", POSTROUTING, ("-s", "127.0.0.0/8", "-o", bridge,
-                                                   "-j", "MASQUERADE")))  # fmt: skip
+        else:
+            net = str(ipaddress.IPv4Network(subnet, strict=False))
+            rules += [  # 127.0.0.1:<port> is DNATed: such packets may leave lo for the bridge
+                Rule("nat", POSTROUTING, ("-s", "127.0.0.0/8", "-o", bridge,
+                                          "-j", "MASQUERADE")),
+                # hairpin: a container reaching a published port of its own bridge through
+                # a host address gets the answer back through the host, not directly
+                Rule("nat", POSTROUTING, ("-s", net, "-o", bridge, "-m", "conntrack",
+                                          "--ctstate", "DNAT", "-j", "MASQUERADE")),
+            ]  # fmt: skip
         if self.masquerade:
             net = str(ipaddress.IPv4Network(subnet, strict=False))
             rules.append(Rule("nat", POSTROUTING, ("-s", net, "!", "-o", bridge,
                                                    "-j", "MASQUERADE")))  # fmt: skip
         return rules
 
-    @staticmethod
     def port_rules(
-        bridge: str, address: str, proto: str, container_port: int, host_ip: str, host_port: int
-    ) -> list[Rule]:
-        """A published port: DNAT to the container, and the forwarded traffic accepted."""
+        self, bridge: str, address: str, proto: str, container_port: int, host_ip: str,
+        host_port: int,
+    ) -> list[Rule]:  # fmt: skip
+        """A published port: DNAT to the container, and the forwarded traffic accepted.
+        With the userland proxy, containers on the bridge reach it through the proxy."""
         dest = ("-d", f"{host_ip}/32") if host_ip not in ("", "0.0.0.0") else ()
+        outside = ("!", "-i", bridge) if self.userland_proxy else ()
         match = ("-p", proto, "-m", proto)
         return [
-            Rule("nat", NAT, (*dest, "!", "-i", bridge, *match, "--dport", str(host_port),
+            Rule("nat", NAT, (*dest, *outside, *match, "--dport", str(host_port),
                               "-j", "DNAT", "--to-destination", f"{address}:{container_port}")),
             Rule("filter", FORWARD, ("-d", f"{address}/32", "!", "-i", bridge, "-o", bridge,
                                      *match, "--dport", str(container_port), "-j", "ACCEPT")),

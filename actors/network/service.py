@@ -696,6 +696,7 @@ class NetworkService:
                 mtu=int(network.Options.get(MTU_OPTION) or self.mtu),
                 # The first endpoint routes; an internal network never does.
                 default_route=endpoint.ifname == "eth0" and not network.Internal,
+                hairpin=not self.userland_proxy,  # DNAT back to the sender, as dockerd
             )
         )
 
