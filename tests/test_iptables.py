@@ -252,3 +252,61 @@ def test_missing_iptables_fails_the_start(netns: str) -> None:
     finally:
         remove_cgroups(d.namespace)
         shutil.rmtree(root, ignore_errors=True)
+
+
+PEER_SERVER = (
+    "import socket, sys\n"
+    "s = socket.socket()\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('192.0.2.2', 8000))\n"
+    "s.listen(8)\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    c, peer = s.accept()\n"
+    "    c.recv(4096)\n"
+    "    c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nfrom ' + peer[0].encode())\n"
+    "    c.close()\n"
+)
+
+
+@pytest.fixture
+def outside(netns: str) -> Iterator[str]:
+    """A second namespace standing for the world beyond the host: 192.0.2.2, reached
+    from `netns` (192.0.2.1) over a veth pair, answering HTTP with the caller's address."""
+    name = f"pydout-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    server: subprocess.Popen[str] | None = None
+    try:
+        in_ns(netns, "ip", "link", "add", "ext0", "type", "veth", "peer", "name", "ext1",
+              "netns", name)  # fmt: skip
+        in_ns(netns, "ip", "addr", "add", "192.0.2.1/24", "dev", "ext0")
+        in_ns(netns, "ip", "link", "set", "ext0", "up")
+        in_ns(name, "ip", "addr", "add", "192.0.2.2/24", "dev", "ext1")
+        in_ns(name, "ip", "link", "set", "ext1", "up")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", name, sys.executable, "-c", PEER_SERVER],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        yield name
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_masquerade_and_forwarding_to_the_outside(netns: str, outside: str, archive: Path) -> None:
+    """--ip-masq: a container reaches an address beyond the host with the host's address as
+    its source, even with a FORWARD policy of DROP; an internal network reaches nothing."""
+    in_ns(netns, "iptables", "-P", "FORWARD", "DROP")
+    in_ns(netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    with ns_daemon(netns, archive) as d:
+        probe = "timeout 5 wget -qO- http://192.0.2.2:8000/ || exit 1"
+        page = d.docker("run", "--rm", "busybox", "sh", "-c", probe, timeout=20)
+        assert page.stdout == "from 192.0.2.1"  # masqueraded, not the container's address
+        d.docker("network", "create", "--internal", "--subnet", str(free_subnet()), "inside")
+        cut = d.docker("run", "--rm", "--network", "inside", "busybox", "sh", "-c", probe,
+                       check=False, timeout=20)  # fmt: skip
+        assert cut.returncode != 0 and "from" not in cut.stdout
+        d.docker("network", "rm", "inside")
