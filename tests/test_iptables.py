@@ -130,9 +130,13 @@ def test_published_port_served_by_dnat(netns: str, archive: Path) -> None:
         assert f"-A PYDOCKER-POSTROUTING -s {subnet} ! -o {d.bridge} -j MASQUERADE" in nat
         assert "-A FORWARD -j PYDOCKER-FORWARD" in rules(netns)
 
-        d.docker("run", "-d", "--name", "web", "-p", "8080:80", "busybox", "sh", "-c", HTTPD)
+        d.docker("run", "-d", "--name", "web", "-p", "8080:80", "-p", "127.0.0.1:5300:53/udp",
+                 "busybox", "sh", "-c", HTTPD)  # fmt: skip
         ip = inspect(d, "inspect", "web")["NetworkSettings"]["IPAddress"]
         dnat = f"-A PYDOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination {ip}:80"
+        udp = (f"-A PYDOCKER -d 127.0.0.1/32 -p udp -m udp --dport 5300 "
+               f"-j DNAT --to-destination {ip}:53")  # fmt: skip
+        assert udp in rules(netns, "nat")
         accept = (f"-A PYDOCKER-FORWARD -d {ip}/32 ! -i {d.bridge} -o {d.bridge} "
                   "-p tcp -m tcp --dport 80 -j ACCEPT")  # fmt: skip
         assert dnat in rules(netns, "nat") and accept in rules(netns)
@@ -149,6 +153,7 @@ def test_published_port_served_by_dnat(netns: str, archive: Path) -> None:
 
         d.docker("rm", "-f", "web")
         assert dnat not in rules(netns, "nat") and accept not in rules(netns)
+        assert udp not in rules(netns, "nat")
         assert not any(ip in r for r in rules(netns, "nat") + rules(netns))
 
 
