@@ -167,20 +167,29 @@ def test_forward_drop_bridges_and_internal_networks(netns: str, archive: Path) -
         d.docker("network", "create", "--subnet", s1, "n1")
         d.docker("network", "create", "--subnet", s2, "--internal", "n2")
         d.docker("network", "create", "--subnet", s3, "n3")
+        s4 = str(free_subnet())
+        d.docker("network", "create", "--subnet", s4,
+                 "-o", "com.docker.network.bridge.enable_icc=false",
+                 "-o", "com.docker.network.bridge.enable_ip_masquerade=false", "n4")  # fmt: skip
         bridges = {
-            n: f"br-{inspect(d, 'network', 'inspect', n)['Id'][:12]}" for n in ("n1", "n2", "n3")
+            n: f"br-{inspect(d, 'network', 'inspect', n)['Id'][:12]}"
+            for n in ("n1", "n2", "n3", "n4")
         }
         filt = rules(netns)
         assert f"-A PYDOCKER-FORWARD -i {bridges['n1']} -o {bridges['n1']} -j ACCEPT" in filt
         assert f"-A PYDOCKER-ISOLATION ! -i {bridges['n2']} -o {bridges['n2']} -j DROP" in filt
         assert f"-A PYDOCKER-ISOLATION-2 -o {bridges['n3']} -j DROP" in filt
+        assert f"-A PYDOCKER-ISOLATION -i {bridges['n4']} -o {bridges['n4']} -j DROP" in filt
+        nat = rules(netns, "nat")
+        assert f"-A PYDOCKER-POSTROUTING -s {s1} ! -o {bridges['n1']} -j MASQUERADE" in nat
+        assert not any(f"-s {s4} " in r for r in nat)  # enable_ip_masquerade=false
         if nf.returncode == 0:
             assert (
                 in_ns(netns, "sysctl", "-n", "net.bridge.bridge-nf-call-iptables").stdout.strip()
                 == "1"
             )
 
-        for name, net in (("web1", "n1"), ("web2", "n2"), ("web3", "n3")):
+        for name, net in (("web1", "n1"), ("web2", "n2"), ("web3", "n3"), ("web4", "n4")):
             d.docker("run", "-d", "--name", name, "--network", net, "busybox", "sh", "-c", HTTPD)
         for server, net in (("web1", "n1"), ("web2", "n2")):  # on one bridge, policy DROP or not
             page = d.docker("run", "--rm", "--network", net, "busybox",
@@ -196,9 +205,14 @@ def test_forward_drop_bridges_and_internal_networks(netns: str, archive: Path) -
             gone = d.docker("run", "--rm", "--network", "n1", "busybox", "sh", "-c", probe,
                             check=False, timeout=20)  # fmt: skip
             assert gone.returncode != 0 and "hello" not in gone.stdout
+        if nf.returncode == 0:  # enable_icc=false: bridged traffic is filtered, and dropped
+            probe = "timeout 3 wget -qO- http://web4/ || exit 1"
+            cut = d.docker("run", "--rm", "--network", "n4", "busybox", "sh", "-c", probe,
+                           check=False, timeout=20)  # fmt: skip
+            assert cut.returncode != 0 and "hello" not in cut.stdout
 
-        d.docker("rm", "-f", "web1", "web2", "web3")
-        d.docker("network", "rm", "n1", "n2", "n3")
+        d.docker("rm", "-f", "web1", "web2", "web3", "web4")
+        d.docker("network", "rm", "n1", "n2", "n3", "n4")
         left = rules(netns) + rules(netns, "nat")
         assert not any(b in r for b in bridges.values() for r in left), left
 

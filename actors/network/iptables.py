@@ -135,10 +135,13 @@ class Firewall:
     def owns(self, owner: str) -> bool:
         return owner in self._owned
 
-    def add_network(self, owner: str, bridge: str, subnet: str, internal: bool) -> None:
+    def add_network(
+        self, owner: str, bridge: str, subnet: str, *, internal: bool = False, icc: bool = True,
+        masquerade: bool = True,
+    ) -> None:  # fmt: skip
         if not self.userland_proxy and not internal:  # 127.0.0.1 may be DNATed to it
             Path(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet").write_text("1")
-        self.add(owner, self.network_rules(bridge, subnet, internal))
+        self.add(owner, self.network_rules(bridge, subnet, internal, icc, masquerade))
 
     def add(self, owner: str, rules: list[Rule]) -> None:
         with self._lock:
@@ -161,14 +164,19 @@ class Firewall:
 
     # -- what to add -------------------------------------------------------------------
 
-    def network_rules(self, bridge: str, subnet: str, internal: bool) -> list[Rule]:
-        """A bridge network: traffic staying on the bridge and (unless internal) leaving
-        it is accepted, replies come back in, other bridges are kept apart."""
+    def network_rules(
+        self, bridge: str, subnet: str, internal: bool = False, icc: bool = True,
+        masquerade: bool = True,
+    ) -> list[Rule]:  # fmt: skip
+        """A bridge network: traffic staying on the bridge (unless `enable_icc=false`) and
+        (unless internal) leaving it is accepted, replies come back in, other bridges are
+        kept apart, its subnet is masqueraded (`--ip-masq`, `enable_ip_masquerade`)."""
         rules = [
             Rule("filter", ISOLATION, ("-i", bridge, "!", "-o", bridge, "-j", ISOLATION2)),
             Rule("filter", ISOLATION2, ("-o", bridge, "-j", "DROP")),
-            Rule("filter", FORWARD, ("-i", bridge, "-o", bridge, "-j", "ACCEPT")),
-        ]
+            Rule("filter", FORWARD if icc else ISOLATION,
+                 ("-i", bridge, "-o", bridge, "-j", "ACCEPT" if icc else "DROP")),
+        ]  # fmt: skip
         if internal:  # nothing in or out but between its own containers
             rules += [
                 Rule("filter", ISOLATION, ("-i", bridge, "!", "-o", bridge, "-j", "DROP")),
@@ -192,7 +200,7 @@ class Firewall:
                 Rule("nat", POSTROUTING, ("-s", net, "-o", bridge, "-m", "conntrack",
                                           "--ctstate", "DNAT", "-j", "MASQUERADE")),
             ]  # fmt: skip
-        if self.masquerade:
+        if self.masquerade and masquerade:
             net = str(ipaddress.IPv4Network(subnet, strict=False))
             rules.append(Rule("nat", POSTROUTING, ("-s", net, "!", "-o", bridge,
                                                    "-j", "MASQUERADE")))  # fmt: skip

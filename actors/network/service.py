@@ -28,6 +28,8 @@ from actors.network import dns, etc, ipam, netlink, proxy
 from actors.network.iptables import Firewall
 from actors.network.model import (
     BRIDGE_NAME_OPTION,
+    ICC_OPTION,
+    MASQUERADE_OPTION,
     MTU_OPTION,
     PREDEFINED,
     Endpoint,
@@ -261,8 +263,8 @@ class NetworkService:
         }
         bridge.Options = {
             "com.docker.network.bridge.default_bridge": "true",
-            "com.docker.network.bridge.enable_icc": "true",
-            "com.docker.network.bridge.enable_ip_masquerade": "true",
+            ICC_OPTION: "true",
+            MASQUERADE_OPTION: "true",
             "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
             BRIDGE_NAME_OPTION: self.bridge_name,
             MTU_OPTION: str(self.mtu),
@@ -297,10 +299,16 @@ class NetworkService:
             netlink.ensure_bridge, network.bridge, pool["Gateway"], prefix, mtu
         )
         self._bridges_up.add(network.bridge)
-        if self.firewall is not None and not self.firewall.owns(f"network:{network.Id}"):
+        firewall = self.firewall
+        if firewall is not None and not firewall.owns(f"network:{network.Id}"):
+            options = network.Options
             await trio.to_thread.run_sync(
-                self.firewall.add_network,
-                f"network:{network.Id}", network.bridge, pool["Subnet"], network.Internal,
+                lambda: firewall.add_network(
+                    f"network:{network.Id}", network.bridge, pool["Subnet"],
+                    internal=network.Internal,
+                    icc=options.get(ICC_OPTION, "true").lower() != "false",
+                    masquerade=options.get(MASQUERADE_OPTION, "true").lower() != "false",
+                )
             )  # fmt: skip
 
     async def _forget_network(self, network: Network) -> None:
