@@ -68,11 +68,11 @@ def netns() -> Iterator[str]:
 
 
 @contextmanager
-def ns_daemon(netns: str, archive: Path, *args: str) -> Iterator[Daemon]:
-    """A daemon with --iptables and --ip-masq on, inside `netns`; everything it made is
-    removed (its bridges and rules go with the namespace)."""
+def ns_daemon(netns: str, archive: Path, *args: str, iptables: bool = True) -> Iterator[Daemon]:
+    """A daemon with --iptables and --ip-masq on (unless `iptables` is false), inside
+    `netns`; everything it made is removed (its bridges and rules go with the namespace)."""
     root = short_tempdir()
-    d = Daemon(root, [*IPTABLES, *args], None)
+    d = Daemon(root, [*(IPTABLES if iptables else ()), *args], None)
     d.wrapper = enter(netns)
     try:
         d.start()
@@ -226,7 +226,9 @@ def test_restart_rebuilds_rules(netns: str, archive: Path) -> None:
         dnat = (f"-A PYDOCKER ! -i {d.bridge} -p tcp -m tcp --dport 8080 "
                 f"-j DNAT --to-destination {ip}:80")  # fmt: skip
         assert dnat in rules(netns, "nat")
-        d.stop()
+        assert d.proc is not None
+        d.proc.kill()  # kill -9: nothing is undone on the way out
+        d.proc.wait()
         in_ns(netns, "iptables", "-t", "nat", "-F", "PYDOCKER")
         in_ns(netns, "iptables", "-t", "nat", "-A", "PYDOCKER", "-p", "tcp", "--dport", "1",
               "-j", "RETURN")  # fmt: skip
@@ -329,3 +331,12 @@ def test_masquerade_and_forwarding_to_the_outside(netns: str, outside: str, arch
                        check=False, timeout=20)  # fmt: skip
         assert cut.returncode != 0 and "from" not in cut.stdout
         d.docker("network", "rm", "inside")
+
+
+def test_iptables_off_writes_no_rules(netns: str, archive: Path) -> None:
+    """--iptables=false (what every other test daemon runs with): no rule, no chain; the
+    userland proxy alone serves published ports."""
+    with ns_daemon(netns, archive, iptables=False) as d:
+        d.docker("run", "-d", "--name", "web", "-p", "8080:80", "busybox", "sh", "-c", HTTPD)
+        assert fetch(netns, "http://127.0.0.1:8080/").startswith("hello-")
+        assert "PYDOCKER" not in in_ns(netns, "iptables-save").stdout
