@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := containerd runc busybox-static etcd-server docker-registry iproute2 util-linux procps
+DEBS := containerd runc busybox-static etcd-server docker-registry iproute2 util-linux procps \
+	iptables
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=

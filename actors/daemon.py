@@ -191,7 +191,11 @@ class Daemon:
                 bridge=self.cfg.bridge,
                 bip=self.cfg.bip,
                 mtu=self.cfg.mtu,
-            )
+                firewall=module.Firewall(masquerade=self.cfg.ip_masq,
+                                         userland_proxy=self.cfg.userland_proxy)
+                if self.cfg.iptables else None,
+                userland_proxy=self.cfg.userland_proxy,
+            )  # fmt: skip
             self.context.register("network", self.network)
         assert self.network is not None
         await self.network.run(stopping=stopping, task_status=task_status)

@@ -105,6 +105,8 @@ class Daemon:
         self.starts = 0
         # Interpreter arguments before `-m kernel.main` (a launcher script, say).
         self.command_prefix: list[str] = []
+        # A command the daemon runs under (`ip netns exec NAME`, say).
+        self.wrapper: list[str] = []
 
     def file_config(self) -> dict[str, Any]:
         try:
@@ -119,6 +121,7 @@ class Daemon:
 
     def command(self, *extra: str) -> list[str]:
         args = [
+            *self.wrapper,
             PYDOCKERD[0],
             *self.command_prefix,
             *PYDOCKERD[1:],
@@ -127,9 +130,9 @@ class Daemon:
             "--pidfile", str(self.pidfile),
             "--config-file", str(self.config_file),
             "--containerd-namespace", self.namespace,
-            "--iptables=false",
-            "--ip-masq=false",
         ]  # fmt: skip
+        if not any(a.startswith(("--iptables", "--ip-masq")) for a in self.args):
+            args += ["--iptables=false", "--ip-masq=false"]  # never the host's netfilter
         if not any(a in ("-b", "--bridge") or a.startswith("--bridge=") for a in self.args):
             args += ["--bridge", self.bridge, "--bip", self.bip]
         hosts_given = any(a in ("-H", "--host") or a.startswith("--host=") for a in self.args)

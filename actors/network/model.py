@@ -8,6 +8,8 @@ import msgspec
 
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 MTU_OPTION = "com.docker.network.driver.mtu"
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+MASQUERADE_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
 PREDEFINED = ("bridge", "host", "none")
 
 

@@ -102,8 +102,9 @@ def _index(ip: IPRoute, name: str) -> int | None:
 def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> None:
     """The bridge device up with the gateway address on it; created when missing.
 
-    Its own `nf_call_iptables` is switched off: with br_netfilter loaded and a FORWARD
-    policy of DROP, bridged traffic between two containers would be dropped otherwise.
+    (With br_netfilter loaded and a FORWARD policy of DROP, traffic between two containers on
+    it needs the ACCEPT rule `--iptables` adds: the bridge's own `nf_call_iptables` cannot
+    exempt it, the kernel ORs that switch with the namespace's sysctl.)
     """
     with IPRoute() as ip:
         index = _index(ip, name)
@@ -119,9 +120,6 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> None:
         if gateway and gateway not in addresses:
             ip.addr("add", index=index, address=gateway, prefixlen=prefixlen)
         ip.link("set", index=index, state="up", mtu=mtu)
-    switch = Path(f"/sys/class/net/{name}/bridge/nf_call_iptables")
-    if switch.exists():
-        switch.write_text("0")
 
 
 def bridge_address(name: str) -> tuple[str, int] | None:
@@ -171,10 +169,12 @@ def add_endpoint(
     mac: str,
     mtu: int,
     default_route: bool,
+    hairpin: bool = False,
 ) -> None:
     """A veth pair: `host_if` up on the bridge, its peer made directly inside the
     namespace as `ifname` (one netlink request: moving and renaming a device afterwards
-    costs ~20 ms more)."""
+    costs ~20 ms more). `hairpin`: frames may leave by the port they came in (a container
+    reaching its own published port through iptables DNAT, without the userland proxy)."""
     fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with IPRoute() as ip:
@@ -193,6 +193,9 @@ def add_endpoint(
     finally:
         os.close(fd)
     try:
+        if hairpin:
+            with IPRoute() as ip:
+                ip.brport("set", index=_index(ip, host_if), mode=1)
         with entered(netns), IPRoute() as ip:
             index = _index(ip, ifname)
             ip.addr("add", index=index, address=address, prefixlen=prefixlen)

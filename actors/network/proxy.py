@@ -10,15 +10,16 @@ import trio
 UDP_IDLE = 90.0  # a UDP "connection" is forgotten after this long without traffic
 
 
-def bind(proto: str, host_ip: str, host_port: int) -> socket.socket:
-    """The listening socket, bound now so a taken port fails the container's start."""
+def bind(proto: str, host_ip: str, host_port: int, listen: bool = True) -> socket.socket:
+    """The listening socket, bound now so a taken port fails the container's start
+    (not listening when iptables DNAT serves the port: it only holds the port)."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(socket.AF_INET, kind)
     try:
         if proto == "tcp":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host_ip or "0.0.0.0", host_port))
-        if proto == "tcp":
+        if proto == "tcp" and listen:
             sock.listen(128)
     except OSError as exc:
         sock.close()

@@ -25,8 +25,11 @@ import msgspec
 import trio
 
 from actors.network import dns, etc, ipam, netlink, proxy
+from actors.network.iptables import Firewall
 from actors.network.model import (
     BRIDGE_NAME_OPTION,
+    ICC_OPTION,
+    MASQUERADE_OPTION,
     MTU_OPTION,
     PREDEFINED,
     Endpoint,
@@ -147,6 +150,8 @@ class NetworkService:
         bip: str = "",
         mtu: int = 1500,
         dns: Callable[[], tuple[list[str], list[str], list[str]]] = lambda: ([], [], []),
+        firewall: Firewall | None = None,
+        userland_proxy: bool = True,
     ) -> None:
         self.root = data_root / "network"
         self.netns_dir = exec_root / "netns"
@@ -155,6 +160,9 @@ class NetworkService:
         self.bip = bip
         self.mtu = mtu or 1500
         self.daemon_dns = dns  # (--dns, --dns-search, --dns-opt)
+        self.firewall = firewall  # --iptables
+        # Without iptables DNAT the proxy is the only way in, whatever --userland-proxy says.
+        self.userland_proxy = userland_proxy or firewall is None
         self.networks: dict[str, Network] = {}
         self.sandboxes: dict[str, Sandbox] = {}
         self._restored: set[str] = set()  # sandboxes found on disk at start
@@ -172,6 +180,8 @@ class NetworkService:
         if not self._loaded:
             await trio.to_thread.run_sync(self._load)
             self._loaded = True
+        if self.firewall is not None:  # our chains flushed, rebuilt below from the records
+            await trio.to_thread.run_sync(self.firewall.start)
         await self._ensure_predefined()
         for network in list(self.networks.values()):
             if network.Driver == "bridge" and network.user_defined:
@@ -183,6 +193,10 @@ class NetworkService:
             self._nursery = nursery
             for sandbox in self.sandboxes.values():
                 self._serve(sandbox, [])  # live-restored containers keep their ports
+                try:
+                    await self._publish(sandbox)
+                except OSError as exc:
+                    log.error("iptables rules of %s: %s", sandbox.name, exc)
                 try:
                     await self._start_dns(sandbox)
                 except OSError as exc:  # its container may be gone: reconcile decides
@@ -249,8 +263,8 @@ class NetworkService:
         }
         bridge.Options = {
             "com.docker.network.bridge.default_bridge": "true",
-            "com.docker.network.bridge.enable_icc": "true",
-            "com.docker.network.bridge.enable_ip_masquerade": "true",
+            ICC_OPTION: "true",
+            MASQUERADE_OPTION: "true",
             "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
             BRIDGE_NAME_OPTION: self.bridge_name,
             MTU_OPTION: str(self.mtu),
@@ -285,6 +299,22 @@ class NetworkService:
             netlink.ensure_bridge, network.bridge, pool["Gateway"], prefix, mtu
         )
         self._bridges_up.add(network.bridge)
+        firewall = self.firewall
+        if firewall is not None and not firewall.owns(f"network:{network.Id}"):
+            options = network.Options
+            await trio.to_thread.run_sync(
+                lambda: firewall.add_network(
+                    f"network:{network.Id}", network.bridge, pool["Subnet"],
+                    internal=network.Internal,
+                    icc=options.get(ICC_OPTION, "true").lower() != "false",
+                    masquerade=options.get(MASQUERADE_OPTION, "true").lower() != "false",
+                )
+            )  # fmt: skip
+
+    async def _forget_network(self, network: Network) -> None:
+        await trio.to_thread.run_sync(netlink.delete_link, network.bridge)
+        if self.firewall is not None:
+            await trio.to_thread.run_sync(self.firewall.remove, f"network:{network.Id}")
 
     # -- lookups ---------------------------------------------------------------
 
@@ -409,11 +439,15 @@ class NetworkService:
                 raise Forbidden(
                     f"bridge name {network.bridge} is not available: {exc.strerror}"
                 ) from None
+            except OSError as exc:  # iptables refused a rule: no half-made network
+                with trio.CancelScope(shield=True):
+                    await self._forget_network(network)
+                raise InternalError(f"failed to create network {name}: {exc}") from None
             try:
                 await trio.to_thread.run_sync(self._save_network, network)
             except BaseException:
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(netlink.delete_link, network.bridge)
+                    await self._forget_network(network)
                 raise
             self.networks[network.Id] = network
         self.events.publish("network", "create", network.Id, {"name": name, "type": "bridge"})
@@ -470,7 +504,7 @@ class NetworkService:
                     f"error while removing network: network {network.Name} has active "
                     f'endpoints (name:"{sandbox.name}" id:"{sandbox.container_id[:12]}")'
                 )
-            await trio.to_thread.run_sync(netlink.delete_link, network.bridge)
+            await self._forget_network(network)
             (self.root / "networks" / f"{network.Id}.json").unlink(missing_ok=True)
             del self.networks[network.Id]
         self.events.publish(
@@ -593,6 +627,7 @@ class NetworkService:
                 if sandbox.ports:
                     await trio.to_thread.run_sync(self._save_sandbox, sandbox)
                 self._serve(sandbox, sockets)
+                await self._publish(sandbox)
                 await self._start_dns(sandbox)
             except BaseException as exc:
                 with trio.CancelScope(shield=True):
@@ -669,6 +704,7 @@ class NetworkService:
                 mtu=int(network.Options.get(MTU_OPTION) or self.mtu),
                 # The first endpoint routes; an internal network never does.
                 default_route=endpoint.ifname == "eth0" and not network.Internal,
+                hairpin=not self.userland_proxy,  # DNAT back to the sender, as dockerd
             )
         )
 
@@ -701,12 +737,12 @@ class NetworkService:
         sandbox.ports = made
         return sockets
 
-    @staticmethod
-    def _bind_first_free(binding: PortBinding, last: int) -> Any:
+    def _bind_first_free(self, binding: PortBinding, last: int) -> Any:
         """The first host port of a range (`-p 8000-8010:80`) that binds."""
+        listen = self.userland_proxy  # else the socket only holds the port (DNAT serves it)
         for host_port in range(binding.host_port, max(last, binding.host_port) + 1):
             try:
-                return proxy.bind(binding.proto, binding.host_ip, host_port)
+                return proxy.bind(binding.proto, binding.host_ip, host_port, listen)
             except OSError:
                 if host_port >= last:
                     raise
@@ -724,7 +760,11 @@ class NetworkService:
         if not sockets:
             for binding in sandbox.ports:
                 try:
-                    sockets.append(proxy.bind(binding.proto, binding.host_ip, binding.host_port))
+                    sockets.append(
+                        proxy.bind(
+                            binding.proto, binding.host_ip, binding.host_port, self.userland_proxy
+                        )
+                    )
                 except OSError as exc:
                     log.error("re-binding a published port of %s: %s", sandbox.name, exc)
                     sockets.append(None)
@@ -732,6 +772,8 @@ class NetworkService:
         async def serve() -> None:
             try:
                 with scope:
+                    if not self.userland_proxy:  # DNAT serves them: the sockets only hold ports
+                        await trio.sleep_forever()
                     async with trio.open_nursery() as nursery:
                         for binding, sock in zip(sandbox.ports, sockets, strict=True):
                             if sock is None:
@@ -849,7 +891,34 @@ class NetworkService:
         }
         return settings
 
+    async def _publish(self, sandbox: Sandbox) -> None:
+        """--iptables: DNAT and ACCEPT rules for the sandbox's published ports."""
+        if self.firewall is None or not sandbox.ports or not sandbox.endpoints:
+            return
+        endpoint = sandbox.endpoints[0]  # where the proxy forwards too
+        network = self.networks.get(endpoint.network_id)
+        if network is None or network.Internal:  # dockerd publishes nothing there either
+            return
+        rules = [
+            rule
+            for b in sandbox.ports
+            for rule in self.firewall.port_rules(
+                network.bridge, endpoint.address, b.proto, b.container_port, b.host_ip,
+                b.host_port,
+            )
+        ]  # fmt: skip
+        await trio.to_thread.run_sync(
+            self.firewall.add, f"container:{sandbox.container_id}", rules
+        )
+
     async def _teardown(self, sandbox: Sandbox) -> None:
+        if self.firewall is not None:
+            try:
+                await trio.to_thread.run_sync(
+                    self.firewall.remove, f"container:{sandbox.container_id}"
+                )
+            except OSError as exc:
+                log.warning("removing the iptables rules of %s: %s", sandbox.name, exc)
         dns_scope = self._dns.pop(sandbox.container_id, None)
         if dns_scope is not None:
             dns_scope.cancel()
