@@ -503,6 +503,15 @@ def test_volume_plugin(daemon: Daemon, plugin_dir: Path) -> None:
             calls = [c for c in plugin.calls if c in ("VolumeDriver.Mount", "VolumeDriver.Unmount")]
             assert calls == ["VolumeDriver.Mount", "VolumeDriver.Unmount"]
             assert volume_names(daemon, "--filter", "driver=testplugin") == ["pv1"]
+            # A volume the plugin has but the daemon never made shows up (VolumeDriver.List).
+            (state / "outside").mkdir()
+            plugin.volumes["outside"] = {"Opts": {}, "mounts": 0}
+            assert volume_names(daemon, "--filter", "driver=testplugin") == ["outside", "pv1"]
+            assert inspect(daemon, "volume", "inspect", "outside")["Mountpoint"] == str(
+                state / "outside"
+            )
+            daemon.docker("volume", "rm", "outside")
+            assert "outside" not in plugin.volumes
             daemon.docker("volume", "rm", "pv1")
             assert "pv1" not in plugin.volumes
             missing = daemon.docker("volume", "create", "-d", "nosuchplugin", "x1", check=False)
@@ -512,7 +521,7 @@ def test_volume_plugin(daemon: Daemon, plugin_dir: Path) -> None:
                 "not found" in missing.stderr
             )
         finally:
-            daemon.docker("volume", "rm", "-f", "pv1", check=False)
+            daemon.docker("volume", "rm", "-f", "pv1", "outside", check=False)
 
 
 def test_plugin_spec_file(daemon: Daemon, plugin_dir: Path) -> None:

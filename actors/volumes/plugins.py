@@ -145,6 +145,15 @@ class PluginDriver:
     def path(self, volume: Volume) -> str:
         return self._paths.get(volume.Name, volume.Mountpoint)
 
+    async def list(self) -> list[tuple[str, str]]:
+        """(name, mountpoint) of every volume the plugin has, ours or made outside."""
+        answer = await self.client.call("VolumeDriver.List", {})
+        return [
+            (str(v.get("Name") or ""), str(v.get("Mountpoint") or ""))
+            for v in answer.get("Volumes") or []
+            if v.get("Name")
+        ]
+
 
 async def activate(name: str, directories: tuple[str, ...]) -> PluginDriver:
     """Find the plugin, handshake, and check that it serves volumes."""

@@ -37,6 +37,14 @@ PRUNE_FILTERS = {"label", "label!", "all"}
 DEFAULT_PLUGIN_DIRS = ("/run/docker/plugins", "/etc/docker/plugins", "/usr/lib/docker/plugins")
 
 
+def _valid_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except InvalidParameter:
+        return False  # a name we could not keep a record under
+    return True
+
+
 def _truthy(value: str, key: str) -> bool:
     if value.lower() in ("true", "1"):
         return True
@@ -222,15 +230,35 @@ class VolumesService:
         volume = self._volumes.get(name)
         return volume is not None and volume.anonymous
 
-    def list_volumes(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+    async def list_volumes(
+        self, filters: dict[str, list[str]]
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The volumes that match, and warnings. Plugins in use are asked for their volumes
+        (VolumeDriver.List): ones made outside the daemon are adopted, as dockerd does."""
         for key in filters:
             if key not in LIST_FILTERS:
                 raise InvalidParameter(f"invalid filter '{key}'")
+        warnings = []
+        for plugin in list(self._plugins.values()):
+            try:
+                listed = await plugin.list()
+            except DaemonError as exc:
+                warnings.append(f"{plugin.name}: {exc.message}")
+                continue
+            for name, mountpoint in listed:
+                if name not in self._volumes and _valid_name(name):
+                    volume = Volume(
+                        Name=name, Driver=plugin.name,
+                        CreatedAt=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        Scope=await plugin.scope(), Mountpoint=mountpoint,
+                    )  # fmt: skip
+                    self._save(volume)
+                    self._volumes[name] = volume
         out = []
         for volume in sorted(self._volumes.values(), key=lambda v: v.Name):
             if self._list_match(volume, filters):
                 out.append(volume.api(self._mountpoint(volume)))
-        return out
+        return out, warnings
 
     def _list_match(self, volume: Volume, filters: dict[str, list[str]]) -> bool:
         for key, values in filters.items():

@@ -32,7 +32,8 @@ async def volumes() -> VolumesService:
 @router.route("/volumes", methods=["GET"])
 async def list_volumes() -> Response:
     filters = parse_filters(request.args.get("filters"))
-    return json_response({"Volumes": (await volumes()).list_volumes(filters), "Warnings": None})
+    listed, warnings = await (await volumes()).list_volumes(filters)
+    return json_response({"Volumes": listed, "Warnings": warnings or None})
 
 
 @router.route("/volumes/create", methods=["POST"])
