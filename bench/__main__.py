@@ -55,14 +55,17 @@ def measure_containers(name: str) -> dict[str, float]:
 
 
 def restore_rows() -> list[Row]:
+    """The issue's goals: first /_ping under 0.25 s at every count; at 1,000 stopped
+    containers both the first /_ping and the full restore ahead of dockerd."""
     rows: list[Row] = []
     for count in restore.STOPPED_COUNTS:
+        ahead = ", ahead of dockerd" if count >= 1000 else ""
         rows.append((f"first /_ping, {count} stopped on disk (s)", f"ping_{count}_s",
-                     "goal < 0.25 s, ahead of dockerd"))  # fmt: skip
-        rows.append((f"  all {count} listed (s)", f"restored_{count}_s", "goal <= dockerd"))
+                     f"goal < 0.25 s{ahead}"))  # fmt: skip
+        rows.append((f"  all {count} listed (s)", f"restored_{count}_s",
+                     "goal: ahead of dockerd" if count >= 1000 else ""))  # fmt: skip
     for count in restore.RUNNING_COUNTS:
-        rows.append((f"{count} live-restored all running (s)", f"live_{count}_s",
-                     "goal <= dockerd"))  # fmt: skip
+        rows.append((f"{count} live-restored all running (s)", f"live_{count}_s", ""))
     return rows
 
 
