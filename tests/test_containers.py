@@ -337,6 +337,29 @@ def test_restart_policy_on_failure(daemon: Daemon) -> None:
         daemon.docker("rm", "-f", "flaky")
 
 
+def test_update_restart_policy_live(daemon: Daemon) -> None:
+    daemon.docker("run", "-d", "--name", "late", "busybox", "sh", "-c", "sleep 1; exit 1")
+    try:
+        daemon.docker("update", "--restart", "on-failure:2", "late")  # while it runs
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            state = json.loads(daemon.docker("inspect", "late").stdout)[0]
+            if state["RestartCount"] == 2 and state["State"]["Status"] == "exited":
+                break
+            time.sleep(0.2)
+        assert (state["RestartCount"], state["State"]["Status"]) == (2, "exited")
+        assert state["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+    finally:
+        daemon.docker("rm", "-f", "late")
+    daemon.docker("run", "-d", "--rm", "--name", "gone", "busybox", "sleep", "30")
+    try:
+        refused = daemon.docker("update", "--restart", "always", "gone", check=False)
+        assert refused.returncode != 0
+        assert "Restart policy cannot be updated because AutoRemove is enabled" in refused.stderr
+    finally:
+        daemon.docker("rm", "-f", "gone", check=False)
+
+
 def test_live_restore_across_kill_9(busybox_tar: Path) -> None:
     """With --live-restore a container outlives a killed daemon, and keeps its output."""
     archive = busybox_tar

@@ -945,14 +945,14 @@ class ContainersService:
     async def update(self, ref: str, changes: dict[str, Any]) -> list[str]:
         container = self.store.get(ref)
         async with self._lock(container.Id):
-            warnings = validate_host_config({**container.HostConfig, **changes})
             if "RestartPolicy" in changes and container.HostConfig.get("AutoRemove"):
                 name = (changes["RestartPolicy"] or {}).get("Name", "no")
                 if name not in ("", "no"):
                     raise InvalidParameter(
-                        "Restart policy cannot be updated because AutoRemove is enabled "
-                        "for the container"
+                        f"Cannot update container {container.Id}: Restart policy cannot be "
+                        "updated because AutoRemove is enabled for the container"
                     )
+            warnings = validate_host_config({**container.HostConfig, **changes})
             updated = {
                 **container.HostConfig,
                 **{k: v for k, v in changes.items() if v is not None},
