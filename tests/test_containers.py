@@ -348,7 +348,8 @@ def test_update_restart_policy_live(daemon: Daemon) -> None:
                 break
             time.sleep(0.2)
         assert (state["RestartCount"], state["State"]["Status"]) == (2, "exited")
-        assert state["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+        policy = state["HostConfig"]["RestartPolicy"]
+        assert policy == {"Name": "on-failure", "MaximumRetryCount": 2}
     finally:
         daemon.docker("rm", "-f", "late")
     daemon.docker("run", "-d", "--rm", "--name", "gone", "busybox", "sleep", "30")
