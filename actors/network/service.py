@@ -907,9 +907,7 @@ class NetworkService:
                 b.host_port,
             )
         ]  # fmt: skip
-        await trio.to_thread.run_sync(
-            self.firewall.add, f"container:{sandbox.container_id}", rules
-        )
+        await trio.to_thread.run_sync(self.firewall.add, f"container:{sandbox.container_id}", rules)
 
     async def _teardown(self, sandbox: Sandbox) -> None:
         if self.firewall is not None:
