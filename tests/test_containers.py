@@ -117,6 +117,14 @@ def test_ps_filters_and_names(daemon: Daemon) -> None:
         assert by_code.stdout.split() == ["exit1"]
         labelled = daemon.docker("ps", "--filter", "label=role=test", "-q").stdout.split()
         assert len(labelled) == 1
+        healthy = daemon.docker("ps", "--filter", "health=none", "--format", "{{.Names}}")
+        assert healthy.stdout.split() == ["runner"]  # no healthchecks: every one is `none`
+        assert daemon.docker("ps", "-q", "--filter", "health=healthy").stdout == ""
+        assert daemon.docker("ps", "-q", "--filter", "is-task=true").stdout == ""
+        last = daemon.docker("ps", "--last", "1", "--format", "{{.Names}}").stdout.split()
+        assert last == ["runner"]
+        sized = daemon.docker("ps", "--size", "--format", "{{.Names}} {{.Size}}").stdout
+        assert sized.startswith("runner ") and "virtual" in sized
     finally:
         daemon.docker("rm", "-f", "exit0", "exit1", "runner")
 

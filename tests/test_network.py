@@ -132,6 +132,15 @@ def test_published_tcp_and_udp_ports(daemon: Daemon) -> None:
         ports = inspect(daemon, "pub")["NetworkSettings"]["Ports"]
         assert ports["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": port.split(":")[1]}]
         assert "->8080/tcp" in daemon.docker("ps", "--format", "{{.Ports}}").stdout
+        host_port = port.split(":")[1]
+
+        def ps_names(*filters: str) -> list[str]:
+            return daemon.docker("ps", "--format", "{{.Names}}", *filters).stdout.split()
+
+        assert ps_names("--filter", f"publish={host_port}") == ["pub"]
+        assert ps_names("--filter", "expose=8000-8090/tcp") == ["pub"]
+        assert ps_names("--filter", "publish=8080") == []
+        assert ps_names("--filter", "expose=8080/udp") == []
         daemon.docker("run", "-d", "--name", "udp", "-p", "127.0.0.1:0:9999/udp", *HOST_PYTHON,
                       "busybox", "/usr/bin/python3", "-c", UDP_ECHO)  # fmt: skip
         udp_port = int(daemon.docker("port", "udp", "9999/udp").stdout.strip().split(":")[1])

@@ -71,6 +71,7 @@ class ImageProvider(Protocol):
     async def unmount_rw_layer(self, container_id: str) -> None: ...
     async def remove_rw_layer(self, container_id: str) -> None: ...
     def rw_size(self, container_id: str) -> int: ...
+    def image_size(self, image_id: str) -> int: ...
     def mount_rw_layer_sync(self, container_id: str) -> str: ...
     def unmount_rw_layer_sync(self, container_id: str) -> None: ...
     async def changes(self, container_id: str) -> list[dict[str, object]]: ...
@@ -1139,7 +1140,11 @@ class ContainersService:
         self, filters: dict[str, list[str]], *, all_containers: bool, limit: int, size: bool
     ) -> list[dict[str, Any]]:
         """`docker ps`: from the snapshot, newest first, without taking any lock."""
-        summaries = sorted(self.store.summaries(), key=lambda s: -s["Created"])
+        # Newest first, by the nanosecond creation time (the summaries hold whole seconds).
+        created = {c.Id: c.Created for c in self.store}
+        summaries = sorted(
+            self.store.summaries(), key=lambda s: created.get(s["Id"], ""), reverse=True
+        )
         # As moby's list.go: a status filter, a limit, or before/since list stopped ones too.
         everything = all_containers or limit > 0 or {"status", "before", "since"} & set(filters)
         if not everything:
@@ -1152,6 +1157,11 @@ class ContainersService:
                 summary["SizeRw"] = self.images.rw_size(summary["Id"])
             except Exception:
                 summary["SizeRw"] = 0
+            try:
+                image = self.images.image_size(summary["ImageID"])
+            except Exception:
+                image = 0  # the image went (rmi -f)
+            summary["SizeRootFs"] = summary["SizeRw"] + image
         return summaries
 
     def _matches(self, summary: dict[str, Any], filters: dict[str, list[str]]) -> bool:
@@ -1202,8 +1212,17 @@ class ContainersService:
             elif key == "volume":
                 if not self.mounts.uses(container, values):
                     return False
-            elif key in ("health", "publish", "expose", "is-task"):
-                continue
+            elif key in ("publish", "expose"):
+                wanted = {p for v in values for p in _port_set(v)}
+                side = "PublicPort" if key == "publish" else "PrivatePort"
+                if not any((p.get(side), p.get("Type")) in wanted for p in summary["Ports"]):
+                    return False
+            elif key == "health":
+                if "none" not in values:  # no container has a healthcheck (yet)
+                    return False
+            elif key == "is-task":
+                if values[0] in ("1", "true"):  # no swarm: no task containers
+                    return False
             else:
                 raise InvalidParameter(f"invalid filter '{key}'")
         return True
@@ -1365,6 +1384,17 @@ def parse_signal(text: str) -> int:
     if name not in _SIGNALS:
         raise InvalidParameter(f"Invalid signal: {text}")
     return _SIGNALS[name]
+
+
+def _port_set(spec: str) -> set[tuple[int, str]]:
+    """A ps port filter (`80`, `8080/udp`, `8000-8010/tcp`) as (port, proto) pairs."""
+    ports, _, proto = spec.partition("/")
+    low, _, high = ports.partition("-")
+    try:
+        first, last = int(low), int(high or low)
+    except ValueError:
+        raise InvalidParameter(f"invalid port filter {spec!r}") from None
+    return {(port, proto or "tcp") for port in range(first, last + 1)}
 
 
 def _seconds_between(start: str, end: str) -> float:

@@ -207,6 +207,10 @@ class ImagesService:
     def rw_size(self, container_id: str) -> int:
         return self.layers.rw_layer_size(container_id)
 
+    def image_size(self, image_id: str) -> int:
+        """What `docker ps --size` adds to a container's own size ("virtual")."""
+        return self.size(self.lookup(image_id))
+
     # -- load, save, import --------------------------------------------------------
 
     async def load(self, body: AsyncIterable[bytes]) -> list[str]:
