@@ -62,10 +62,18 @@ def test_exec_it_prompt_command_and_resize(daemon: Daemon) -> None:
         term.send(b"echo $((6*7)); stty size\r")
         term.expect(b"42")
         term.expect(b"30 100")
-        term.resize(40, 120)
-        time.sleep(0.5)  # the CLI forwards SIGWINCH as a resize request
-        term.send(b"stty size\r")
-        term.expect(b"40 120")
+        # The CLI turns SIGWINCH into a resize request. It starts listening for the signal
+        # only after its first resize has returned, which may be just after the shell saw
+        # that size: signal again until the shell sees the new one.
+        deadline = time.monotonic() + 15
+        while b"40 120" not in term.seen:
+            assert time.monotonic() < deadline, term.seen
+            term.resize(40, 120)
+            term.send(b"stty size\r")
+            try:
+                term.expect(b"40 120", timeout=1)
+            except AssertionError:
+                continue
         term.send(b"exit 3\r")
         assert term.close() == 3
     finally:

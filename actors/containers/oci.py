@@ -14,8 +14,6 @@ from kernel.errors import InvalidParameter
 DEFAULT_SHM_SIZE = 64 * 1024 * 1024
 CPU_PERIOD = 100_000
 
-_FALLBACK_DNS = ("8.8.8.8", "8.8.4.4")
-
 
 def merge_env(image_env: list[str], user_env: list[str]) -> list[str]:
     """Image variables first, overridden by name with the user's (ReplaceOrAppendEnvValues)."""
@@ -142,42 +140,6 @@ def rlimits(host_config: dict[str, Any], defaults: list[dict[str, Any]]) -> list
         {"type": f"RLIMIT_{name.upper()}", "soft": u["Soft"], "hard": u["Hard"]}
         for name, u in limits.items()
     ]
-
-
-def resolv_conf() -> str:
-    """The host's resolv.conf without loopback nameservers (unreachable from a container)."""
-    try:
-        lines = Path("/etc/resolv.conf").read_text().splitlines()
-    except OSError:
-        lines = []
-    kept = [
-        line
-        for line in lines
-        if not (
-            line.startswith("nameserver")
-            and (line.split()[1:2] or [""])[0].startswith(("127.", "::1"))
-        )
-    ]
-    if not any(line.startswith("nameserver") for line in kept):
-        kept += [f"nameserver {ns}" for ns in _FALLBACK_DNS]
-    return "\n".join(kept) + "\n"
-
-
-def hosts_file(hostname: str, address: str | None, extra_hosts: list[str]) -> str:
-    lines = [
-        "127.0.0.1\tlocalhost",
-        "::1\tlocalhost ip6-localhost ip6-loopback",
-        "fe00::0\tip6-localnet",
-        "ff00::0\tip6-mcastprefix",
-        "ff02::1\tip6-allnodes",
-        "ff02::2\tip6-allrouters",
-    ]
-    for entry in extra_hosts:
-        name, _, ip = entry.partition(":")
-        lines.append(f"{ip}\t{name}")
-    if address:
-        lines.append(f"{address}\t{hostname}")
-    return "\n".join(lines) + "\n"
 
 
 def host_hostname() -> str:

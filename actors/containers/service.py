@@ -36,6 +36,8 @@ from actors.containers.stdio import FifoSet, ProcessIO
 from actors.containers.store import ContainerStore
 from actors.containers.streams import OutputHub
 from actors.events import EventsService
+from actors.network import etc
+from actors.network.model import empty_settings
 from kernel.clock import now_rfc3339, parse_time
 from kernel.errors import (
     Conflict,
@@ -395,7 +397,7 @@ class ContainersService:
         network_settings = (
             self.network.plan(host_config, networking)
             if self.network is not None
-            else empty_network_settings()
+            else empty_settings()
         )
         cid = self.store.new_id()
         full_name = self.store.reserve_name(name, cid)
@@ -461,7 +463,8 @@ class ContainersService:
             hosts, resolv = self.network.etc_files(container)
         else:
             extra = container.HostConfig.get("ExtraHosts") or []
-            hosts, resolv = oci.hosts_file(hostname, None, extra), oci.resolv_conf()
+            hosts = etc.hosts_file(hostname, "", [], extra, [])
+            resolv = etc.resolv_conf(embedded=False, dns=[], search=[], options=[])
         atomic_write(Path(container.HostsPath), hosts.encode())
         atomic_write(Path(container.ResolvConfPath), resolv.encode())
 
@@ -1267,29 +1270,6 @@ class ContainersService:
             "ContainersStopped": len(states) - running - paused,
             "Restore": self.restore_progress(),
         }
-
-
-def empty_network_settings() -> dict[str, Any]:
-    return {
-        "Bridge": "",
-        "SandboxID": "",
-        "SandboxKey": "",
-        "Ports": {},
-        "HairpinMode": False,
-        "LinkLocalIPv6Address": "",
-        "LinkLocalIPv6PrefixLen": 0,
-        "SecondaryIPAddresses": None,
-        "SecondaryIPv6Addresses": None,
-        "EndpointID": "",
-        "Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
-        "IPAddress": "",
-        "IPPrefixLen": 0,
-        "IPv6Gateway": "",
-        "MacAddress": "",
-        "Networks": {},
-    }
 
 
 def merge_image_config(config: dict[str, Any], image: dict[str, Any]) -> None:

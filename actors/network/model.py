@@ -93,3 +93,27 @@ class Sandbox(msgspec.Struct, kw_only=True):
     endpoints: list[Endpoint] = []
     ports: list[PortBinding] = []
     dns: list[str] = []  # --dns: where the embedded server forwards (else the host's)
+
+
+def empty_settings() -> dict[str, Any]:
+    """NetworkSettings of a container without a sandbox (created, stopped, `none`)."""
+    return {
+        "Bridge": "",
+        "SandboxID": "",
+        "SandboxKey": "",
+        "Ports": {},
+        "HairpinMode": False,
+        "LinkLocalIPv6Address": "",
+        "LinkLocalIPv6PrefixLen": 0,
+        "SecondaryIPAddresses": None,
+        "SecondaryIPv6Addresses": None,
+        "EndpointID": "",
+        "Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "IPAddress": "",
+        "IPPrefixLen": 0,
+        "IPv6Gateway": "",
+        "MacAddress": "",
+        "Networks": {},
+    }

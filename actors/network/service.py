@@ -36,6 +36,7 @@ from actors.network.model import (
     Network,
     PortBinding,
     Sandbox,
+    empty_settings,
 )
 from kernel.clock import now_rfc3339
 from kernel.errors import Conflict, Forbidden, InternalError, InvalidParameter, NotFound
@@ -86,29 +87,6 @@ def _clear_endpoint(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 TOP_LEVEL = ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress")
-
-
-def empty_settings() -> dict[str, Any]:
-    return {
-        "Bridge": "",
-        "SandboxID": "",
-        "SandboxKey": "",
-        "Ports": {},
-        "HairpinMode": False,
-        "LinkLocalIPv6Address": "",
-        "LinkLocalIPv6PrefixLen": 0,
-        "SecondaryIPAddresses": None,
-        "SecondaryIPv6Addresses": None,
-        "EndpointID": "",
-        "Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
-        "IPAddress": "",
-        "IPPrefixLen": 0,
-        "IPv6Gateway": "",
-        "MacAddress": "",
-        "Networks": {},
-    }
 
 
 def _port_key(key: str) -> tuple[int, str]:
