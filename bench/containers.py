@@ -268,6 +268,11 @@ def measure(engine: Engine) -> dict[str, float]:
         conn.close()
         if engine.name == "pydockerd":
             out["ctr_exec_floor_s"] = ctr_exec_floor(engine, cid)
+        create_many(engine, 9, ["sleep", "1000"], start=True)
+        cli(engine, "stats", "--no-stream")  # warm up
+        out["stats_ten_s"] = statistics.median(
+            timed(lambda: cli(engine, "stats", "--no-stream")) for _ in range(3)
+        )
         remove_all(engine)
 
         # (g) memory with 50 running containers
