@@ -22,7 +22,7 @@ from actors.api import ApiService, ListenConfig
 from actors.events import EventsService
 from api.context import ApiContext, ApiSettings
 from api.listeners import ListenerError, TlsFiles
-from kernel import logs
+from kernel import logs, memory
 from kernel.fsutil import atomic_write
 from kernel.sdnotify import notify
 from kernel.supervisor import ChildSpec, Supervisor
@@ -257,6 +257,7 @@ class Daemon:
             log.info("Daemon has completed initialization")
             self.events.publish("daemon", "start", self.daemon_id, {"name": os.uname().nodename})
             notify("READY=1")
+            memory.trim()  # the imports and the restore freed much of what they took
 
     def stop(self) -> None:
         """Stop accepting API requests first, then stop the actors in reverse order."""

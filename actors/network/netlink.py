@@ -14,15 +14,30 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MNT_DETACH = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _iproute() -> IPRoute:
+    """pyroute2 (~6 MiB) loads on first use: a daemon with `-b none` may never need it."""
+    from pyroute2 import IPRoute
+
+    return IPRoute()
+
+
+def _netlink_error() -> type[NetlinkError]:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return NetlinkError  # type: ignore[no-any-return]  # (pyroute2 has no types)
 
 
 class NoBridge(OSError):
@@ -73,7 +88,7 @@ def create_netns(path: str) -> None:
                 _libc.mount(b"/proc/thread-self/ns/net", path.encode(), None, MS_BIND, None),
                 f"mount {path}",
             )
-            with IPRoute() as ip:
+            with _iproute() as ip:
                 ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
         finally:
             _check(_libc.setns(own, CLONE_NEWNET), "setns back")
@@ -106,7 +121,7 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> None:
     it needs the ACCEPT rule `--iptables` adds: the bridge's own `nf_call_iptables` cannot
     exempt it, the kernel ORs that switch with the namespace's sysctl.)
     """
-    with IPRoute() as ip:
+    with _iproute() as ip:
         index = _index(ip, name)
         if index is None:
             ip.link("add", ifname=name, kind="bridge")
@@ -124,7 +139,7 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> None:
 
 def bridge_address(name: str) -> tuple[str, int] | None:
     """The first IPv4 address of an existing device (for `-b` without `--bip`)."""
-    with IPRoute() as ip:
+    with _iproute() as ip:
         index = _index(ip, name)
         if index is None:
             return None
@@ -134,10 +149,10 @@ def bridge_address(name: str) -> tuple[str, int] | None:
 
 
 def delete_link(name: str) -> None:
-    with IPRoute() as ip:
+    with _iproute() as ip:
         try:
             ip.link("del", ifname=name)
-        except NetlinkError as exc:
+        except _netlink_error() as exc:
             if exc.code != errno.ENODEV:
                 raise
 
@@ -145,7 +160,7 @@ def delete_link(name: str) -> None:
 def routed_networks() -> list[ipaddress.IPv4Network]:
     """IPv4 networks the host already routes or has addresses in (pool picking)."""
     nets: list[ipaddress.IPv4Network] = []
-    with IPRoute() as ip:
+    with _iproute() as ip:
         for route in ip.get_routes(family=2, table=254):
             dst = route.get("dst")
             if dst:
@@ -177,7 +192,7 @@ def add_endpoint(
     reaching its own published port through iptables DNAT, without the userland proxy)."""
     fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with IPRoute() as ip:
+        with _iproute() as ip:
             bridge_index = _index(ip, bridge)
             if bridge_index is None:
                 raise NoBridge(errno.ENODEV, f"bridge {bridge} does not exist")
@@ -194,9 +209,9 @@ def add_endpoint(
         os.close(fd)
     try:
         if hairpin:
-            with IPRoute() as ip:
+            with _iproute() as ip:
                 ip.brport("set", index=_index(ip, host_if), mode=1)
-        with entered(netns), IPRoute() as ip:
+        with entered(netns), _iproute() as ip:
             index = _index(ip, ifname)
             ip.addr("add", index=index, address=address, prefixlen=prefixlen)
             ip.link("set", index=index, state="up")
@@ -211,9 +226,9 @@ def remove_endpoint(netns: str, host_if: str, ifname: str) -> None:
     """Delete the pair from the host side (or, when the host side is gone, from inside)."""
     delete_link(host_if)
     if os.path.exists(netns) and _mounted(netns):
-        with entered(netns), IPRoute() as ip:
+        with entered(netns), _iproute() as ip:
             try:
                 ip.link("del", ifname=ifname)
-            except NetlinkError as exc:
+            except _netlink_error() as exc:
                 if exc.code != errno.ENODEV:
                     raise
