@@ -108,5 +108,10 @@ def start_engine(
 
 
 def remove_root(root: Path) -> None:
-    subprocess.run(["umount", "-R", str(root)], capture_output=True, check=False)
+    """Unmount what the engine left mounted below `root` (deepest first), then delete it."""
+    with open("/proc/self/mountinfo") as info:
+        points = [line.split()[4] for line in info]
+    below = [p for p in points if p == str(root) or p.startswith(f"{root}/")]
+    for point in sorted(set(below), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     shutil.rmtree(root, ignore_errors=True)
