@@ -335,7 +335,7 @@ class ContainersService:
     def statistics(self) -> dict[str, int]:
         """Load figures for /debug/actors (requests hold per-container locks, not a queue)."""
         return {
-            "containers": len(self.store.summaries()),
+            "containers": len(self.store),
             "attached": len(self._runtime),
             "restoring": len(self._restoring),
             "waiting_for_locks": sum(
@@ -1143,11 +1143,7 @@ class ContainersService:
         self, filters: dict[str, list[str]], *, all_containers: bool, limit: int, size: bool
     ) -> list[dict[str, Any]]:
         """`docker ps`: from the snapshot, newest first, without taking any lock."""
-        # Newest first, by the nanosecond creation time (the summaries hold whole seconds).
-        created = {c.Id: c.Created for c in self.store}
-        summaries = sorted(
-            self.store.summaries(), key=lambda s: created.get(s["Id"], ""), reverse=True
-        )
+        summaries = self.store.summaries()  # newest first
         # As moby's list.go: a status filter, a limit, or before/since list stopped ones too.
         everything = all_containers or limit > 0 or {"status", "before", "since"} & set(filters)
         if not everything:

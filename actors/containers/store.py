@@ -67,7 +67,8 @@ class ContainerStore:
         return self._by_id.get(cid)
 
     def summaries(self) -> list[dict[str, Any]]:
-        return list(self._summaries.values())
+        """The snapshot, newest first (it is kept in creation order: no sort per request)."""
+        return list(reversed(self._summaries.values()))
 
     # -- changes -----------------------------------------------------------
 
@@ -146,8 +147,12 @@ class ContainerStore:
                 container.RemovalInProgress = False
                 container.State.Dead, container.State.Running = True, False
                 container.State.Status = "dead"
+            loaded.append(container)
+        # Registered oldest first: the snapshot stays in creation order (see `summaries`).
+        # Created times are fixed-width UTC RFC 3339, so string order is time order.
+        loaded.sort(key=lambda c: c.Created)
+        for container in loaded:
             self._by_id[container.Id] = container
             self._by_name[container.Name] = container.Id
             self._summaries[container.Id] = container.summary()
-            loaded.append(container)
         return loaded
