@@ -117,16 +117,24 @@ def to_oci(profile: dict[str, Any], capabilities: Sequence[str]) -> dict[str, An
     return oci
 
 
+def _split(opt: str) -> tuple[str, str] | None:
+    """`key=value` (or the older `key:value`); None when it has neither."""
+    for separator in "=:":
+        key, sep, value = opt.partition(separator)
+        if sep:
+            return key, value
+    return None
+
+
 def validate_security_opts(security_opts: Sequence[str]) -> None:
     """dockerd's parseSecurityOpt texts; a seccomp profile must at least decode."""
     for opt in security_opts:
         if opt == "no-new-privileges":
             continue
-        key, sep, value = opt.partition("=")
-        if not sep:
-            key, sep, value = opt.partition(":")
-        if not sep:
+        pair = _split(opt)
+        if pair is None:
             raise InvalidParameter(f"invalid --security-opt 1: {opt!r}")
+        key, value = pair
         if key not in ("label", "apparmor", "seccomp", "no-new-privileges"):
             raise InvalidParameter(f"invalid --security-opt 2: {opt!r}")
         if key == "seccomp" and value != "unconfined":
@@ -135,7 +143,7 @@ def validate_security_opts(security_opts: Sequence[str]) -> None:
 
 def no_new_privileges(security_opts: Sequence[str]) -> bool:
     return any(
-        opt in ("no-new-privileges", "no-new-privileges=true", "no-new-privileges:true")
+        opt == "no-new-privileges" or _split(opt) == ("no-new-privileges", "true")
         for opt in security_opts
     )
 
@@ -146,12 +154,9 @@ def for_container(
     """None means unconfined: `--privileged` or `seccomp=unconfined`, as dockerd."""
     chosen: dict[str, Any] | None = default_profile()
     for opt in security_opts:
-        key, sep, value = opt.partition("=")
-        if not sep:
-            key, sep, value = opt.partition(":")
-        if key != "seccomp":
-            continue
-        chosen = None if value == "unconfined" else parse_profile(value)
+        pair = _split(opt)
+        if pair is not None and pair[0] == "seccomp":
+            chosen = None if pair[1] == "unconfined" else parse_profile(pair[1])
     if privileged or chosen is None:
         return None
     return to_oci(chosen, capabilities)
