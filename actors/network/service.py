@@ -19,7 +19,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import trio
@@ -45,6 +45,8 @@ from kernel.fsutil import atomic_write
 if TYPE_CHECKING:
     from actors.containers.model import Container
     from actors.events import EventsService
+
+T = TypeVar("T")
 
 log = logging.getLogger("pydockerd.network")
 
@@ -187,23 +189,23 @@ class NetworkService:
         self._dns.clear()
 
     def _load(self) -> None:
-        for kind in ("networks", "sandboxes"):
-            (self.root / kind).mkdir(parents=True, exist_ok=True)
-        for path in (self.root / "networks").glob("*.json"):
-            try:
-                network = msgspec.json.decode(path.read_bytes(), type=Network)
-            except (OSError, msgspec.DecodeError) as exc:
-                log.error("skipping network record %s: %s", path, exc)
-                continue
+        for network in self._records("networks", Network):
             self.networks[network.Id] = network
-        for path in (self.root / "sandboxes").glob("*.json"):
-            try:
-                sandbox = msgspec.json.decode(path.read_bytes(), type=Sandbox)
-            except (OSError, msgspec.DecodeError) as exc:
-                log.error("skipping sandbox record %s: %s", path, exc)
-                continue
+        for sandbox in self._records("sandboxes", Sandbox):
             self.sandboxes[sandbox.container_id] = sandbox
             self._restored.add(sandbox.container_id)
+
+    def _records(self, kind: str, record_type: type[T]) -> list[T]:
+        """Every readable record under `<root>/<kind>/`; a broken one is logged and skipped."""
+        directory = self.root / kind
+        directory.mkdir(parents=True, exist_ok=True)
+        records = []
+        for path in directory.glob("*.json"):
+            try:
+                records.append(msgspec.json.decode(path.read_bytes(), type=record_type))
+            except (OSError, msgspec.DecodeError) as exc:
+                log.error("skipping record %s: %s", path, exc)
+        return records
 
     def _save_network(self, network: Network) -> None:
         atomic_write(self.root / "networks" / f"{network.Id}.json", msgspec.json.encode(network))
