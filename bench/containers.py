@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import tarfile
@@ -21,24 +19,15 @@ from pathlib import Path
 import docker
 
 from bench.engines import Engine
+from kernel.unixhttp import UnixHTTPConnection
 from tests.fixtures.busybox import archive_bytes
 
 IMAGE = "busybox:latest"
 NAN = float("nan")
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
+class EngineConnection(UnixHTTPConnection):
     """A keep-alive HTTP/1.1 connection over the engine's unix socket."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=60)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
 
     def get(self, url: str) -> bytes:
         self.request("GET", url)
@@ -123,7 +112,7 @@ def list_rate(
     deadline = time.perf_counter() + seconds
 
     def worker(index: int) -> None:
-        conn = UnixHTTPConnection(engine.sock)
+        conn = EngineConnection(engine.sock)
         while time.perf_counter() < deadline:
             conn.get(url)
             counts[index] += 1
@@ -236,7 +225,7 @@ def measure(engine: Engine) -> dict[str, float]:
 
         # (d) list with 200 created containers; (e) inspect
         ids = create_many(engine, 200, ["true"], start=False)
-        conn = UnixHTTPConnection(engine.sock)
+        conn = EngineConnection(engine.sock)
         listed = json.loads(conn.get("/containers/json?all=1"))
         if len(listed) != 200:
             raise RuntimeError(f"listed {len(listed)} containers, expected 200")
@@ -261,7 +250,7 @@ def measure(engine: Engine) -> dict[str, float]:
         out["exec_s"] = statistics.median(
             timed(lambda: cli(engine, "exec", cid, "true")) for _ in range(10)
         )
-        conn = UnixHTTPConnection(engine.sock)
+        conn = EngineConnection(engine.sock)
         stats_url = f"/containers/{cid}/stats?stream=0"
         conn.get(stats_url)
         out["stats_s"] = statistics.median(timed(lambda: conn.get(stats_url)) for _ in range(5))

@@ -10,7 +10,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from bench.containers import UnixHTTPConnection, api, create_many, remove_all
+from bench.containers import EngineConnection, api, create_many, remove_all
 from bench.engines import Engine, remove_root, start_engine
 from tests.fixtures.busybox import archive_bytes
 
@@ -22,7 +22,7 @@ def _count(engine: Engine, running_only: bool) -> int:
     query = "all=1"
     if running_only:
         query += "&filters=" + urllib.parse.quote(json.dumps({"status": ["running"]}))
-    conn = UnixHTTPConnection(engine.sock)
+    conn = EngineConnection(engine.sock)
     try:
         return len(json.loads(conn.get(f"/containers/json?{query}")))
     except (OSError, RuntimeError):

@@ -3,10 +3,8 @@ restore across a restart and volume plugins, with the real docker CLI."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kernel.unixhttp import UnixHTTPConnection
 from tests.daemon import Daemon, running_daemon, short_tempdir
 from tests.fixtures.busybox import busybox_archive
 from tests.volume_plugin import VolumePlugin
@@ -52,20 +51,8 @@ def _cleanup(d: Daemon) -> None:
         subprocess.run(["umount", "-l", point], check=False)
 
 
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(30)
-        sock.connect(self._path)
-        self.sock = sock
-
-
 def api(d: Daemon, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    connection = _UnixHTTP(str(d.sock))
+    connection = UnixHTTPConnection(str(d.sock), timeout=30)
     try:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}

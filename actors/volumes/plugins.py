@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -14,21 +13,10 @@ import trio
 
 from actors.volumes.model import Volume
 from kernel.errors import InternalError, NotFound
+from kernel.unixhttp import UnixHTTPConnection
 
 ACCEPT = "application/vnd.docker.plugins.v1.2+json"
 TIMEOUT = 30.0
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
 
 
 class PluginClient:
@@ -41,7 +29,7 @@ class PluginClient:
     def _connection(self) -> http.client.HTTPConnection:
         url = urlparse(self.address)
         if url.scheme == "unix":
-            return _UnixConnection(url.path, TIMEOUT)
+            return UnixHTTPConnection(url.path, TIMEOUT)
         if url.scheme in ("tcp", "http"):
             return http.client.HTTPConnection(url.hostname or "", url.port, timeout=TIMEOUT)
         raise InternalError(f"plugin {self.name}: unsupported address {self.address}")
