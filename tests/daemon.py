@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
+import pty
 import random
 import secrets
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -321,3 +326,52 @@ def wait_child(pid: int, timeout: float = 20.0) -> int:
         if time.monotonic() > deadline:
             raise AssertionError(f"process {pid} still runs after {timeout:g} s")
         time.sleep(0.05)
+
+
+class Terminal:
+    """A docker CLI command on the child side of a real pseudo-terminal."""
+
+    def __init__(self, daemon: Daemon, *argv: str, rows: int = 24, cols: int = 80) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the size is set before the CLI starts and reads it
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            os.environ.update(daemon.env())
+            os.execvp("docker", ["docker", *argv])
+        self.seen = b""
+
+    def resize(self, rows: int, cols: int) -> None:
+        """As a terminal emulator does: the new size, then SIGWINCH to the CLI."""
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        os.kill(self.pid, signal.SIGWINCH)
+
+    def expect(self, pattern: bytes, timeout: float = 20, start: int = 0) -> int:
+        """Read until `pattern` shows (after offset `start`); the offset just past it."""
+        deadline = time.monotonic() + timeout
+        while (found := self.seen.find(pattern, start)) < 0:
+            assert time.monotonic() < deadline, f"no {pattern!r} in {self.seen!r}"
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if ready:
+                self.seen += os.read(self.fd, 4096)
+        return found + len(pattern)
+
+    def send(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def close(self) -> int:
+        """Wait for the CLI to exit; its exit code."""
+        code = wait_child(self.pid)
+        self._close_fd()
+        return code
+
+    def kill(self) -> None:
+        """Cleanup after a failure: the CLI goes, whatever state it is in."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import signal
 import subprocess
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.daemon import Daemon, running_daemon, wait_child
+from tests.daemon import Daemon, Terminal, running_daemon
 
 
 def test_run_prints_and_exits_with_the_code(daemon: Daemon) -> None:
@@ -31,39 +30,18 @@ def test_run_with_piped_stdin(daemon: Daemon) -> None:
 
 def test_run_interactive_tty(daemon: Daemon) -> None:
     """`docker run -it busybox sh` under a real pseudo-terminal."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the docker CLI on the terminal
-        os.environ.update(daemon.env())
-        os.execvp("docker", ["docker", "run", "-it", "--rm", "busybox", "sh"])
-    seen = b""
+    term = Terminal(daemon, "run", "-it", "--rm", "busybox", "sh")
     try:
-        deadline = time.monotonic() + 30
-        sent = False
-        while time.monotonic() < deadline and b"42" not in seen.replace(b"6*7", b""):
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if ready:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:
-                    break
-            if not sent and (b"#" in seen or time.monotonic() > deadline - 25):
-                os.write(fd, b"echo $((6*7))\r")
-                sent = True
-        assert b"42" in seen.replace(b"6*7", b""), seen
+        term.expect(b"#")
+        term.send(b"echo $((6*7))\r")
+        answered = term.expect(b"42")  # (the echoed command line shows `6*7`, not 42)
         # ctrl-d only once the shell reads its next line: typed while the command runs, the
         # terminal (cooked again meanwhile) would swallow it as an EOF for nobody.
-        while time.monotonic() < deadline and b"# " not in seen.rsplit(b"42", 1)[1]:
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if ready:
-                seen += os.read(fd, 4096)
-        os.write(fd, b"\x04")  # ctrl-d ends the shell, and so the container
-        assert wait_child(pid) == 0
+        term.expect(b"# ", start=answered)
+        term.send(b"\x04")  # ctrl-d ends the shell, and so the container
+        assert term.close() == 0
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.close(fd)
+        term.kill()
 
 
 def test_detached_logs_stop_rm(daemon: Daemon) -> None:
@@ -326,18 +304,24 @@ def test_exec(daemon: Daemon) -> None:
         daemon.docker("rm", "idle")
 
 
+def wait_for_restarts(daemon: Daemon, name: str, count: int) -> dict[str, Any]:
+    """The container's inspect once it has restarted `count` times and exited (20 s at most)."""
+    deadline = time.monotonic() + 20
+    while True:
+        state: dict[str, Any] = json.loads(daemon.docker("inspect", name).stdout)[0]
+        done = state["RestartCount"] == count and state["State"]["Status"] == "exited"
+        if done or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
+
+
 def test_restart_policy_on_failure(daemon: Daemon) -> None:
     run = daemon.docker(
         "run", "--restart", "on-failure:3", "--name", "flaky", "busybox", "false", check=False
     )
     assert run.returncode == 1
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            state = json.loads(daemon.docker("inspect", "flaky").stdout)[0]
-            if state["RestartCount"] == 3 and state["State"]["Status"] == "exited":
-                break
-            time.sleep(0.2)
+        state = wait_for_restarts(daemon, "flaky", 3)
         assert (state["RestartCount"], state["State"]["Status"]) == (3, "exited")
         time.sleep(1)  # and no fourth restart
         assert json.loads(daemon.docker("inspect", "flaky").stdout)[0]["RestartCount"] == 3
@@ -349,12 +333,7 @@ def test_update_restart_policy_live(daemon: Daemon) -> None:
     daemon.docker("run", "-d", "--name", "late", "busybox", "sh", "-c", "sleep 1; exit 1")
     try:
         daemon.docker("update", "--restart", "on-failure:2", "late")  # while it runs
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            state = json.loads(daemon.docker("inspect", "late").stdout)[0]
-            if state["RestartCount"] == 2 and state["State"]["Status"] == "exited":
-                break
-            time.sleep(0.2)
+        state = wait_for_restarts(daemon, "late", 2)
         assert (state["RestartCount"], state["State"]["Status"]) == (2, "exited")
         policy = state["HostConfig"]["RestartPolicy"]
         assert policy == {"Name": "on-failure", "MaximumRetryCount": 2}

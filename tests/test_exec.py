@@ -3,13 +3,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-import pty
-import select
-import signal
-import struct
-import termios
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -18,40 +11,7 @@ import docker
 import pytest
 
 from actors.containers.execs import Exec, ExecStore
-from tests.daemon import Daemon, wait_child
-
-
-class Terminal:
-    """The docker CLI on the child side of a real pseudo-terminal."""
-
-    def __init__(self, daemon: Daemon, *argv: str, rows: int = 24, cols: int = 80) -> None:
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the size is set before the CLI starts and reads it
-            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-            os.environ.update(daemon.env())
-            os.execvp("docker", ["docker", *argv])
-        self.seen = b""
-
-    def resize(self, rows: int, cols: int) -> None:
-        """As a terminal emulator does: the new size, then SIGWINCH to the CLI."""
-        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        os.kill(self.pid, signal.SIGWINCH)
-
-    def expect(self, pattern: bytes, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while pattern not in self.seen:
-            assert time.monotonic() < deadline, f"no {pattern!r} in {self.seen!r}"
-            ready, _, _ = select.select([self.fd], [], [], 0.2)
-            if ready:
-                self.seen += os.read(self.fd, 4096)
-
-    def send(self, data: bytes) -> None:
-        os.write(self.fd, data)
-
-    def close(self) -> int:
-        code = wait_child(self.pid)
-        os.close(self.fd)
-        return code
+from tests.daemon import Daemon, Terminal
 
 
 def test_exec_it_prompt_command_and_resize(daemon: Daemon) -> None:
@@ -77,10 +37,7 @@ def test_exec_it_prompt_command_and_resize(daemon: Daemon) -> None:
         term.send(b"exit 3\r")
         assert term.close() == 3
     finally:
-        try:
-            os.kill(term.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        term.kill()
         daemon.docker("rm", "-f", "shellbox")
 
 
