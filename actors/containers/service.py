@@ -678,27 +678,33 @@ class ContainersService:
     async def _after_exit(self, container: Container) -> None:
         with trio.CancelScope(shield=True):
             await self.mounts.teardown(container)
-            if self.network is not None and not container.State.Running:
-                try:
-                    settings = await self.network.release(container)
-                    if self.store.get_or_none(container.Id) is not None:
-                        container.NetworkSettings = settings
-                        self.store.save(container)
-                except Exception as exc:
-                    log.warning("releasing the network of %s: %s", container.short_id, exc)
-            try:
-                await self.images.unmount_rw_layer(container.Id)
-            except Exception as exc:
-                log.warning("unmounting rootfs of %s: %s", container.short_id, exc)
-            try:
-                client = await self.bridge.wait_client()
-                await client.delete_container(container.Id)
-            except (TaskNotFound, Unavailable):
-                pass
         if container.HostConfig.get("AutoRemove") and not container.State.Running:
-            await self._auto_remove(container)
+            await self._auto_remove(container)  # the removal lets go of the rest
             return
+        with trio.CancelScope(shield=True):
+            await self._release_run(container)
         await self._maybe_restart(container)
+
+    async def _release_run(self, container: Container) -> None:
+        """What a stopped container keeps no more: its network sandbox, its mounted rootfs,
+        its containerd record."""
+        if self.network is not None and not container.State.Running:
+            try:
+                settings = await self.network.release(container)
+                if self.store.get_or_none(container.Id) is not None:
+                    container.NetworkSettings = settings
+                    self.store.save(container)
+            except Exception as exc:
+                log.warning("releasing the network of %s: %s", container.short_id, exc)
+        try:
+            await self.images.unmount_rw_layer(container.Id)
+        except Exception as exc:
+            log.warning("unmounting rootfs of %s: %s", container.short_id, exc)
+        try:
+            client = await self.bridge.wait_client()
+            await client.delete_container(container.Id)
+        except (TaskNotFound, Unavailable):
+            pass
 
     async def _auto_remove(self, container: Container) -> None:
         try:
