@@ -142,7 +142,6 @@ def open_writer(kind: str, path: Path, options: Mapping[str, str]) -> LogWriter 
 def log_path(directory: Path, kind: str) -> str:
     """dockerd's places: `<id>-json.log`; `local-logs/container.log`; none for `none`."""
     if kind == "local":
-        (directory / "local-logs").mkdir(exist_ok=True)
         return str(directory / "local-logs" / "container.log")
     if kind == "none":
         return ""
@@ -186,6 +185,7 @@ class LogWriter:
     _compressing: threading.Thread | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.path.parent.mkdir(exist_ok=True)  # (`local` keeps its files in a directory)
         self._file = open(self.path, "ab", buffering=0)
         self._size = self._file.tell()
         self._partial = {"stdout": b"", "stderr": b""}
