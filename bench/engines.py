@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel.fsutil import mount_points
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -109,9 +111,7 @@ def start_engine(
 
 def remove_root(root: Path) -> None:
     """Unmount what the engine left mounted below `root` (deepest first), then delete it."""
-    with open("/proc/self/mountinfo") as info:
-        points = [line.split()[4] for line in info]
-    below = [p for p in points if p == str(root) or p.startswith(f"{root}/")]
+    below = [p for p in mount_points() if p == str(root) or p.startswith(f"{root}/")]
     for point in sorted(set(below), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     shutil.rmtree(root, ignore_errors=True)

@@ -4,6 +4,7 @@ the new one, never half of either (temp file, fsync, rename, fsync the directory
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -67,3 +68,17 @@ def remove_dir(trash_root: Path, path: Path) -> None:
         return
     fsync_dir(path.parent)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def mount_points() -> list[str]:
+    """Every mount point in this mount namespace, from /proc/self/mountinfo (where spaces
+    and the like are escaped as octal)."""
+    with open("/proc/self/mountinfo", "rb") as info:
+        raw = [line.split()[4].decode(errors="replace") for line in info]
+    return [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point) for point in raw]
+
+
+def is_mount_point(path: str | Path) -> bool:
+    """Is something mounted at `path`? (`Path.is_mount` misses a bind mount from the same
+    filesystem.)"""
+    return os.path.realpath(path) in mount_points()

@@ -48,6 +48,7 @@ from actors.containerd.model import (
     TaskStart,
     TaskStatus,
 )
+from kernel.fsutil import mount_points
 
 pytestmark = [
     pytest.mark.integration,
@@ -62,9 +63,7 @@ pytestmark = [
 
 
 def _our_mounts(prefix: Path) -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    return [p for p in points if p.startswith(str(prefix))]
+    return [p for p in mount_points() if p.startswith(str(prefix))]
 
 
 def _remove_tree(base: Path) -> None:

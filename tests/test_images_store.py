@@ -28,6 +28,7 @@ from actors.images.reference import ReferenceStore, parse, parse_any, parse_name
 from actors.images.store import Images
 from actors.images.tarstream import LayerError
 from kernel.errors import Conflict, InvalidParameter, NotFound
+from kernel.fsutil import mount_points
 from tests.fixtures.busybox import archive_bytes, busybox_archive, image_config, rootfs_tar
 
 OVERLAY = probe_overlay(Path("/tmp"))[0]
@@ -37,9 +38,7 @@ BUSYBOX_ARCHIVE, BUSYBOX_ID = archive_bytes()
 
 
 def our_mounts(root: Path) -> list[str]:
-    with open("/proc/self/mountinfo") as info:
-        points = [line.split()[4] for line in info]
-    return [p for p in points if p.startswith(str(root))]
+    return [p for p in mount_points() if p.startswith(str(root))]
 
 
 @pytest.fixture(params=DRIVERS)

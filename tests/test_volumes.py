@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kernel.fsutil import is_mount_point, mount_points
 from kernel.unixhttp import UnixHTTPConnection
 from tests.daemon import Daemon, running_daemon, short_tempdir
 from tests.fixtures.busybox import busybox_archive
@@ -45,8 +46,7 @@ def _cleanup(d: Daemon) -> None:
     if names:
         d.docker("volume", "rm", "-f", *names, check=False)
     root = str(d.root) + "/"
-    with open("/proc/self/mountinfo") as mountinfo:
-        left = [line.split()[4] for line in mountinfo if line.split()[4].startswith(root)]
+    left = [point for point in mount_points() if point.startswith(root)]
     for point in sorted(left, key=len, reverse=True):
         subprocess.run(["umount", "-l", point], check=False)
 
@@ -70,11 +70,6 @@ def inspect(d: Daemon, *args: str) -> Any:
 
 def volume_names(d: Daemon, *args: str) -> list[str]:
     return sorted(d.docker("volume", "ls", "-q", *args).stdout.split())
-
-
-def is_mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as mountinfo:
-        return any(line.split()[4] == path for line in mountinfo)
 
 
 # -- docker volume --------------------------------------------------------------------
@@ -346,7 +341,7 @@ def test_volumes_from_and_inspect_mounts(daemon: Daemon) -> None:
         m2 = inspect(daemon, "volume", "inspect", "m2")
         assert m2["Labels"] == {"made": "mount"}
         assert m2["Options"] == {"type": "tmpfs", "device": "tmpfs", "o": "size=1m"}
-        assert not is_mounted(m2["Mountpoint"])
+        assert not is_mount_point(m2["Mountpoint"])
         assert mounts["/tmp/t"] == {
             "Type": "tmpfs",
             "Source": "",
@@ -374,18 +369,18 @@ def test_local_driver_options_mount_at_first_use(daemon: Daemon) -> None:
                       "-o", "o=size=1m", "tmpvol")  # fmt: skip
         info = inspect(daemon, "volume", "inspect", "tmpvol")
         assert info["Options"] == {"type": "tmpfs", "device": "tmpfs", "o": "size=1m"}
-        assert not is_mounted(info["Mountpoint"])
+        assert not is_mount_point(info["Mountpoint"])
         cid = daemon.docker("run", "-d", "-v", "tmpvol:/t", "busybox", "sleep", "300").stdout
         cid = cid.strip()
-        assert is_mounted(info["Mountpoint"])
+        assert is_mount_point(info["Mountpoint"])
         full = daemon.docker("exec", cid, "dd", "if=/dev/zero", "of=/t/big", "bs=1M",
                              "count=2", check=False)  # fmt: skip
         assert "No space left on device" in full.stderr
         daemon.docker("rm", "-f", cid)
         deadline = time.monotonic() + 10
-        while is_mounted(info["Mountpoint"]) and time.monotonic() < deadline:
+        while is_mount_point(info["Mountpoint"]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not is_mounted(info["Mountpoint"])
+        assert not is_mount_point(info["Mountpoint"])
         host = short_tempdir("pydbind")
         (host / "file").write_text("bound\n")
         daemon.docker("volume", "create", "-o", "type=none", "-o", f"device={host}",
@@ -539,17 +534,17 @@ def test_live_restore_keeps_volume_mounts(tmp_path_factory: pytest.TempPathFacto
             d.stop()
             d.start()
             assert inspect(d, "inspect", cid)["State"]["Running"] is True
-            assert is_mounted(mountpoint)
+            assert is_mount_point(mountpoint)
             busy = d.docker("volume", "rm", "lr", check=False)
             assert busy.returncode != 0 and "volume is in use" in busy.stderr
             out = d.docker("run", "--rm", "-v", "lr:/t", "busybox", "cat", "/t/f").stdout
             assert out == "kept\n"
-            assert is_mounted(mountpoint)
+            assert is_mount_point(mountpoint)
             d.docker("rm", "-f", cid)
             deadline = time.monotonic() + 10
-            while is_mounted(mountpoint) and time.monotonic() < deadline:
+            while is_mount_point(mountpoint) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert not is_mounted(mountpoint)
+            assert not is_mount_point(mountpoint)
         finally:
             _cleanup(d)
 

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kernel.fsutil import is_mount_point
+
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
@@ -68,15 +70,10 @@ def entered(netns: str) -> Iterator[None]:
         os.close(own)
 
 
-def _mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as info:
-        return any(line.split()[4] == path for line in info)
-
-
 def create_netns(path: str) -> None:
     """A new network namespace kept alive by a bind mount of its nsfs file at `path`
     (as libnetwork does), with `lo` up. Idempotent."""
-    if os.path.exists(path) and _mounted(path):
+    if os.path.exists(path) and is_mount_point(path):
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).touch(mode=0o444)
@@ -225,7 +222,7 @@ def add_endpoint(
 def remove_endpoint(netns: str, host_if: str, ifname: str) -> None:
     """Delete the pair from the host side (or, when the host side is gone, from inside)."""
     delete_link(host_if)
-    if os.path.exists(netns) and _mounted(netns):
+    if os.path.exists(netns) and is_mount_point(netns):
         with entered(netns), _iproute() as ip:
             try:
                 ip.link("del", ifname=ifname)

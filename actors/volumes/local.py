@@ -4,8 +4,6 @@ options, a filesystem mounted there at the first use and unmounted after the las
 from __future__ import annotations
 
 import logging
-import os
-import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import trio
 
 from actors.volumes.model import LOCAL, Volume
 from kernel.errors import InternalError, InvalidParameter
+from kernel.fsutil import is_mount_point
 
 log = logging.getLogger("pydockerd.volumes")
 
@@ -20,19 +19,6 @@ DATA_DIR = "_data"
 _VALID_OPTIONS = ("type", "o", "device")
 # An option that needs others (moby volume/local mandatoryOpts).
 _REQUIRES = {"device": ("type",), "type": ("device",), "o": ("device", "type")}
-
-
-def is_mounted(path: Path) -> bool:
-    """Is something mounted at `path`? (Path.is_mount misses a bind mount from the same
-    filesystem.) Mount points in mountinfo escape spaces and the like as octal."""
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo", "rb") as mountinfo:
-        for line in mountinfo:
-            point = line.split()[4].decode(errors="replace")
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
-            if point == target:
-                return True
-    return False
 
 
 class LocalDriver:
@@ -71,7 +57,7 @@ class LocalDriver:
         if volume.Options:
             await self._umount(path)
         # Never delete through a mount: that would delete the device's (or host's) files.
-        if await trio.to_thread.run_sync(is_mounted, path):
+        if await trio.to_thread.run_sync(is_mount_point, path):
             raise InternalError(f"error removing volume path '{path}': still mounted")
         await trio.to_thread.run_sync(shutil.rmtree, self.root / volume.Name)
 
@@ -98,7 +84,7 @@ class LocalDriver:
             await self._umount(self.data_path(volume.Name))
 
     async def _umount(self, path: Path) -> None:
-        if not await trio.to_thread.run_sync(is_mounted, path):
+        if not await trio.to_thread.run_sync(is_mount_point, path):
             return
         result = await trio.run_process(["umount", str(path)], capture_stderr=True, check=False)
         if result.returncode != 0:  # busy: detach it now, the kernel frees it when unused

@@ -24,11 +24,11 @@ import msgspec
 import trio
 
 from actors.events import EventsService
-from actors.volumes.local import DATA_DIR, LocalDriver, is_mounted
+from actors.volumes.local import DATA_DIR, LocalDriver
 from actors.volumes.model import ANONYMOUS_LABEL, LOCAL, METADATA_FILE, Driver, Volume, check_name
 from actors.volumes.plugins import PluginDriver, activate
 from kernel.errors import Conflict, DaemonError, InvalidParameter, NotFound
-from kernel.fsutil import atomic_write, fsync_dir
+from kernel.fsutil import atomic_write, fsync_dir, is_mount_point
 
 log = logging.getLogger("pydockerd.volumes")
 
@@ -308,7 +308,7 @@ class VolumesService:
             (directory / METADATA_FILE).unlink()
         except FileNotFoundError:
             pass
-        if is_mounted(directory / DATA_DIR):  # a forced removal: keep what is mounted
+        if is_mount_point(directory / DATA_DIR):  # a forced removal: keep what is mounted
             log.warning("volume %s: %s is still mounted, left in place", name, directory)
         elif directory.exists():
             shutil.rmtree(directory, ignore_errors=True)
