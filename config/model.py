@@ -77,10 +77,6 @@ class DaemonConfig(
         """No --containerd socket: the daemon runs and supervises its own containerd."""
         return not self.containerd
 
-    @property
-    def tcp_hosts(self) -> tuple[str, ...]:
-        return tuple(h for h in self.hosts if h.startswith("tcp://"))
-
     def get(self, key: str) -> Any:
         """A value by its daemon.json key (`log-level`), as reload diffs name them."""
         return getattr(self, ATTRS[key])

@@ -78,9 +78,6 @@ class ImagesService:
         """By reference, full or short ID (dockerd's GetImage order)."""
         return self.core.get_image(name)
 
-    def chain_of(self, image: Image) -> str | None:
-        return image.top_layer
-
     def size(self, image: Image) -> int:
         return self.core.size(image)
 
