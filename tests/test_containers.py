@@ -443,6 +443,52 @@ def test_torn_removal_comes_back_dead(busybox_tar: Path) -> None:
         assert d.docker("ps", "-aq").stdout == ""
 
 
+def _leftovers(d: Daemon, cid: str) -> list[str]:
+    """What of a removed container is still on disk or in containerd."""
+    paths = [
+        d.data_root / "containers" / ".removed" / cid,
+        d.data_root / "image" / "overlay2" / "layerdb" / "mounts" / cid,
+        d.exec_root / "containers" / cid,
+    ]
+    found = [str(path) for path in paths if path.exists()]
+    sock = str(d.exec_root / "containerd" / "containerd.sock")
+    listed = subprocess.run(["ctr", "-a", sock, "-n", d.namespace, "containers", "ls", "-q"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return found + [f"containerd record {cid}" for line in listed.split() if line == cid]
+
+
+def _wait_for_no_leftovers(d: Daemon, cid: str) -> None:
+    deadline = time.monotonic() + 10
+    while (left := _leftovers(d, cid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == []
+
+
+def test_removal_leaves_nothing_even_when_cut_short(busybox_tar: Path, tmp_path: Path) -> None:
+    """A removal is done for users at once (the rootfs and containerd's record follow);
+    a daemon killed after it finishes the cleanup at its next start."""
+    with running_daemon() as d:
+        d.docker("load", "-i", str(busybox_tar))
+        cidfile = tmp_path / "cid"
+        d.docker("run", "--rm", "--name", "brief", "--cidfile", str(cidfile), "busybox", "true")
+        assert d.docker("ps", "-aq").stdout == ""
+        d.docker("create", "--name", "brief", "busybox", "true")  # the name is free again
+        _wait_for_no_leftovers(d, cidfile.read_text())
+
+        cid = d.docker("run", "-d", "--name", "cut", "busybox", "true").stdout.strip()
+        d.docker("wait", "cut")
+        assert d.proc is not None
+        d.proc.kill()  # kill -9 right after the removal's first step, simulated below
+        d.proc.wait()
+        trash = d.data_root / "containers" / ".removed"
+        trash.mkdir(exist_ok=True)
+        os.rename(d.data_root / "containers" / cid, trash / cid)
+        d.start()
+        assert d.docker("ps", "-a", "--format", "{{.Names}}").stdout == "brief\n"
+        _wait_for_no_leftovers(d, cid)
+        d.docker("rm", "brief")
+
+
 def test_system_df(daemon: Daemon) -> None:
     daemon.docker("create", "--name", "df-user", "busybox", "true")
     try:

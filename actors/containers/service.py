@@ -17,6 +17,7 @@ import signal as signals
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
@@ -24,7 +25,7 @@ import msgspec
 import trio
 
 from actors.containerd.bridge import ContainerdBridge, Reconnected
-from actors.containerd.errors import ContainerdError
+from actors.containerd.errors import AlreadyExists, ContainerdError
 from actors.containerd.errors import NotFound as TaskNotFound
 from actors.containerd.model import TaskExit, TaskOOM, TaskStatus
 from actors.containers import archive, logfile, oci, seccomp
@@ -161,6 +162,8 @@ class ContainersService:
                 nursery.start_soon(self._monitor, subscribed)
                 nursery.start_soon(self.execs.collector)
                 await subscribed.wait()
+                for cid in self.store.trashed():  # removals a crash cut short
+                    nursery.start_soon(self._dispose, cid)
                 if self._policies_applied:
                     # A restart after a crash: reattach what runs, find exits we missed. (At
                     # daemon start the restore worker does this, and applies the policies.)
@@ -218,7 +221,7 @@ class ContainersService:
                     assert self._nursery is not None
                     self._nursery.start_soon(self._reconcile)
                 elif isinstance(event, TaskExit) and event.id == event.container_id:
-                    self._spawn(self._handle_exit, event.container_id)
+                    self._spawn(self._handle_exit, event.container_id, event.exit_status)
                 elif isinstance(event, TaskOOM):
                     container = self._find(event.container_id)
                     if container is not None:
@@ -262,12 +265,10 @@ class ContainersService:
             task = tasks.get(container.Id)
             if task is None:  # it exited while nobody watched (dockerd reports 255)
                 self._restored(container.Id)
-                async with self._lock(container.Id):
-                    self._finish_exit(container, 255, "")
-                self._spawn(self._after_exit, container)
+                self._spawn(self._handle_exit, container.Id, 255)
             elif task.status == TaskStatus.STOPPED:
                 self._restored(container.Id)
-                self._spawn(self._handle_exit, container.Id)
+                self._spawn(self._handle_exit, container.Id, task.exit_status)
             elif container.Id not in self._runtime:
                 self._reattach(container, task.status == TaskStatus.PAUSED)
                 self._restored(container.Id)
@@ -504,12 +505,8 @@ class ContainersService:
             with_stdin = bool(container.Config.get("OpenStdin"))
             runtime.io = ProcessIO(fifos, with_stdin=with_stdin, before_create=True)
             runtime.logger = self._logger(container)
-            # A leftover container record in containerd (crash mid-removal) blocks create.
-            try:
-                await client.delete_container(container.Id)
-            except TaskNotFound:
-                pass
-            pid = await client.create_and_start(
+            create = partial(
+                client.create_and_start,
                 container.Id,
                 msgspec.json.encode(spec),
                 (),
@@ -518,6 +515,12 @@ class ContainersService:
                 fifos.stderr,
                 container.tty,
             )
+            try:
+                pid = await create()
+            except AlreadyExists:  # a record left by a crash before the cleanup: replace it
+                await _ignore_missing(client.delete_task(container.Id))
+                await client.delete_container(container.Id)
+                pid = await create()
             runtime.io.release_holds()
         except BaseException as exc:
             with trio.CancelScope(shield=True):
@@ -640,24 +643,29 @@ class ContainersService:
 
     # -- exits -------------------------------------------------------------------
 
-    async def _handle_exit(self, cid: str) -> None:
+    async def _handle_exit(self, cid: str, status: int) -> None:
+        """The task's init process exited with `status`: record the exit (waiters return at
+        once, as with dockerd), then let go of the run under the same lock, so that no start
+        or removal overlaps the cleanup."""
         container = self._find(cid)
         if container is None:
             return
-        client = await self.bridge.wait_client()
-        try:
-            exit_status, _ = await client.delete_task(cid)
-        except TaskNotFound:
-            exit_status = 255
         hub = self._hubs.get(cid)
         if hub is not None:
             # The shim closes the FIFOs once it has copied everything: wait for that, bounded.
             with trio.move_on_after(2):
                 await hub.done.wait()
         async with self._lock(cid):
-            if container.State.Running:
-                self._finish_exit(container, exit_status, "")
-        await self._after_exit(container)
+            if not container.State.Running:
+                return
+            self._finish_exit(container, status, "")
+            with trio.CancelScope(shield=True):
+                await self.mounts.teardown(container)
+                if container.HostConfig.get("AutoRemove"):
+                    await self._retire(container, volumes=True)
+                    return
+                await self._release_run(container)
+        await self._maybe_restart(container)
 
     def _finish_exit(self, container: Container, code: int, error: str) -> None:
         runtime = self._runtime.pop(container.Id, None)
@@ -675,42 +683,66 @@ class ContainersService:
         self._publish(container, "die", {"exitCode": str(code)})
         self._changed_now()
 
-    async def _after_exit(self, container: Container) -> None:
-        with trio.CancelScope(shield=True):
-            await self.mounts.teardown(container)
-        if container.HostConfig.get("AutoRemove") and not container.State.Running:
-            await self._auto_remove(container)  # the removal lets go of the rest
-            return
-        with trio.CancelScope(shield=True):
-            await self._release_run(container)
-        await self._maybe_restart(container)
-
     async def _release_run(self, container: Container) -> None:
-        """What a stopped container keeps no more: its network sandbox, its mounted rootfs,
-        its containerd record."""
-        if self.network is not None and not container.State.Running:
+        """What a stopped container keeps no more: its containerd task and record, its
+        network sandbox, its mounted rootfs."""
+        try:
+            client = await self.bridge.wait_client()
+            await _ignore_missing(client.delete_task(container.Id))
+            await _ignore_missing(client.delete_container(container.Id))
+        except Unavailable:
+            pass  # the reconcile after the reconnection finds the task stopped
+        if self.network is not None:
             try:
-                settings = await self.network.release(container)
-                if self.store.get_or_none(container.Id) is not None:
-                    container.NetworkSettings = settings
-                    self.store.save(container)
+                container.NetworkSettings = await self.network.release(container)
+                self.store.save(container)
             except Exception as exc:
                 log.warning("releasing the network of %s: %s", container.short_id, exc)
         try:
             await self.images.unmount_rw_layer(container.Id)
         except Exception as exc:
             log.warning("unmounting rootfs of %s: %s", container.short_id, exc)
-        try:
-            client = await self.bridge.wait_client()
-            await client.delete_container(container.Id)
-        except (TaskNotFound, Unavailable):
-            pass
 
     async def _auto_remove(self, container: Container) -> None:
         try:
             await self.remove(container.Id, force=True, volumes=True)
         except Exception as exc:
             log.error("auto-removing %s: %s", container.short_id, exc)
+
+    async def _retire(self, container: Container, *, volumes: bool) -> None:
+        """Remove the container as users see it (under its lock): its network, its name, its
+        record and (`volumes`) its anonymous volumes. The record moves to the store's trash
+        in one rename; `_dispose` then deletes the rest out of the callers' way."""
+        container.RemovalInProgress = True
+        container.State.Status = "removing"
+        self.store.refresh(container)
+        if self.network is not None:
+            await self.network.release(container)
+        self.store.remove(container)
+        await self.mounts.release(container.Id, container.MountPoints, remove_anonymous=volumes)
+        self._locks.pop(container.Id, None)
+        self._exits.pop(container.Id, None)
+        self.execs.forget_container(container.Id)
+        self._spawn(self._dispose, container.Id)
+        self._publish(container, "destroy")
+        self._changed_now()
+
+    async def _dispose(self, cid: str) -> None:
+        """A removed container's containerd task and record, rootfs and FIFOs. Every step
+        may repeat: the trash entry goes last, and the next start finishes what a crash or
+        an absent containerd left."""
+        with trio.CancelScope(shield=True):
+            try:
+                client = await self.bridge.wait_client()
+                await _ignore_missing(client.delete_task(cid))
+                await _ignore_missing(client.delete_container(cid))
+                await self.images.unmount_rw_layer(cid)
+                await self.images.remove_rw_layer(cid)
+            except Exception as exc:
+                log.warning("removing what is left of container %s: %s", cid[:12], exc)
+                return
+            shutil.rmtree(self.exec_root / "containers" / cid, ignore_errors=True)
+            self.store.empty_trash(cid)
 
     # -- restart policies (the restart manager) -----------------------------------------
 
@@ -1007,30 +1039,9 @@ class ContainersService:
         if container.State.Running:
             await self.kill_and_wait(container)
         async with self._lock(container.Id):
-            if self.store.get_or_none(container.Id) is None:
-                return
-            container.RemovalInProgress = True
-            container.State.Status = "removing"
-            self.store.save(container)
-            with trio.CancelScope(shield=True):
-                try:
-                    client = await self.bridge.wait_client()
-                    await client.delete_container(container.Id)
-                except (TaskNotFound, Unavailable):
-                    pass
-                await self.images.unmount_rw_layer(container.Id)
-                await self.images.remove_rw_layer(container.Id)
-                if self.network is not None:
-                    await self.network.release(container)
-                self._fifos(container).remove()
-                self.store.remove(container)
-                await self.mounts.release(
-                    container.Id, container.MountPoints, remove_anonymous=volumes
-                )
-            self._locks.pop(container.Id, None)
-            self.execs.forget_container(container.Id)
-        self._publish(container, "destroy")
-        self._changed_now()
+            if self.store.get_or_none(container.Id) is not None:
+                with trio.CancelScope(shield=True):
+                    await self._retire(container, volumes=volumes)
 
     async def kill_and_wait(self, container: Container) -> None:
         runtime = self._runtime.get(container.Id)
@@ -1381,3 +1392,11 @@ def _port_set(spec: str) -> set[tuple[int, str]]:
 
 def _seconds_between(start: str, end: str) -> float:
     return ((parse_time(end) or 0) - (parse_time(start) or 0)) / 1e9
+
+
+async def _ignore_missing(call: Awaitable[Any]) -> None:
+    """A containerd deletion whose object is gone already (a repeated cleanup)."""
+    try:
+        await call
+    except TaskNotFound:
+        pass

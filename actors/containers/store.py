@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import msgspec
 from actors.containers.model import Container
 from actors.containers.names import generate_name
 from kernel.errors import Conflict, InvalidParameter, NotFound
-from kernel.fsutil import atomic_write
+from kernel.fsutil import atomic_write, fsync_dir
 
 log = logging.getLogger("pydockerd.containers")
 
@@ -36,6 +37,7 @@ def _valid_name(name: str) -> bool:
 class ContainerStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.trash = root / ".removed"
         self._by_id: dict[str, Container] = {}
         self._by_name: dict[str, str] = {}
         self._summaries: dict[str, dict[str, Any]] = {}
@@ -125,16 +127,32 @@ class ContainerStore:
             self._summaries[container.Id] = container.summary()
 
     def remove(self, container: Container) -> None:
+        """Forget the container; its directory moves to the trash in one rename (a crash
+        after it cannot bring the container back), to go with `empty_trash`."""
         self._by_id.pop(container.Id, None)
         self._summaries.pop(container.Id, None)
         if self._by_name.get(container.Name) == container.Id:
             del self._by_name[container.Name]
-        shutil.rmtree(self.root / container.Id, ignore_errors=True)
+        self.trash.mkdir(exist_ok=True)
+        try:
+            os.rename(self.root / container.Id, self.trash / container.Id)
+        except FileNotFoundError:
+            return
+        fsync_dir(self.root)
+
+    def trashed(self) -> list[str]:
+        """IDs of removed containers whose leftovers are still to be deleted."""
+        return sorted(os.listdir(self.trash)) if self.trash.exists() else []
+
+    def empty_trash(self, cid: str) -> None:
+        shutil.rmtree(self.trash / cid, ignore_errors=True)
 
     def load_all(self) -> list[Container]:
         """Read every container directory; a broken one is logged and skipped."""
         loaded = []
         for directory in sorted(self.root.iterdir()) if self.root.exists() else []:
+            if directory == self.trash:
+                continue
             try:
                 record = json.loads((directory / CONFIG_FILE).read_bytes())
                 record["HostConfig"] = json.loads((directory / HOSTCONFIG_FILE).read_bytes())
