@@ -18,28 +18,32 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes, mode: int) -> None:
+def _write_synced(path: Path, data: bytes, mode: int, *, sync: bool = True) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
     """Temp file beside `path` (unique per call: threads write concurrently), fsync,
-    rename over `path`, fsync the directory."""
+    rename over `path`, fsync the directory. `durable=False` skips the fsyncs, for files
+    made anew at every use: readers still see the old file or the new one, and only a
+    power cut (not a crash of ours) can lose the write."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        _write_synced(tmp, data, mode)
+        _write_synced(tmp, data, mode, sync=durable)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def write_dir(staging_root: Path, final: Path, files: dict[str, bytes]) -> None:

@@ -29,6 +29,7 @@ log = logging.getLogger("pydockerd.containerd")
 
 WAIT_FOR_CLIENT = 5.0  # how long a request waits for a reconnecting bridge
 FIRST_CONNECT = 20.0  # an unreachable --containerd at start is a start failure
+DAEMON_TOPICS = ("/tasks/exit", "/tasks/oom")  # what the actors act on; the rest is traffic
 
 
 class Reconnected(msgspec.Struct, frozen=True):
@@ -109,7 +110,7 @@ class ContainerdBridge:
             open_containerd_client(
                 self.socket_path, self.namespace, runc_options=options
             ) as client,
-            client.open_events() as stream,
+            client.open_events(topics=DAEMON_TOPICS) as stream,
         ):
             self.version = await client.version()
             self._client = client

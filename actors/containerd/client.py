@@ -327,15 +327,21 @@ class ContainerdClient:
     # -- events ------------------------------------------------------------
 
     @asynccontextmanager
-    async def open_events(self, *, buffer: int = 4096) -> AsyncIterator[EventStream]:
-        """Subscribe to this namespace's /tasks/* events.
+    async def open_events(
+        self, *, topics: Sequence[str] = (), buffer: int = 4096
+    ) -> AsyncIterator[EventStream]:
+        """Subscribe to this namespace's task events: those `topics` ("/tasks/exit", ...),
+        or every /tasks/* one.
 
         Subscribe first, then list and reconcile: there is no replay. If the
         consumer falls more than `buffer` events behind, or containerd goes away,
         iteration raises (EventStreamBroken / ContainerdUnavailable): reopen and
         reconcile with list_tasks.
         """
-        filters = [f"namespace=={self.namespace},topic~=|^/tasks/|"]
+        scope = f"namespace=={self.namespace}"
+        # containerd ORs the filters it is given (and ANDs the parts of one).
+        filters = [f'{scope},topic=="{topic}"' for topic in topics]
+        filters = filters or [f"{scope},topic~=|^/tasks/|"]
         sub: AioSubscription = await aio_as_trio(self._aio.subscribe)(filters, buffer)
         try:
             yield EventStream(sub)

@@ -458,16 +458,28 @@ class ContainersService:
         host_config["LogConfig"] = {"Type": kind, "Config": options}
 
     def _write_etc_files(self, container: Container) -> None:
+        """/etc/hostname, hosts and resolv.conf, made at create and again at each start
+        (before the task: they are bind-mounted, never replaced under a running one)."""
         hostname = container.Config.get("Hostname") or container.short_id
-        atomic_write(Path(container.HostnamePath), f"{hostname}\n".encode())
         if self.network is not None:
             hosts, resolv = self.network.etc_files(container)
         else:
             extra = container.HostConfig.get("ExtraHosts") or []
             hosts = etc.hosts_file(hostname, "", [], extra, [])
             resolv = etc.resolv_conf(embedded=False, dns=[], search=[], options=[])
-        atomic_write(Path(container.HostsPath), hosts.encode())
-        atomic_write(Path(container.ResolvConfPath), resolv.encode())
+        files = {
+            container.HostnamePath: f"{hostname}\n",
+            container.HostsPath: hosts,
+            container.ResolvConfPath: resolv,
+        }
+        for name, text in files.items():
+            path, data = Path(name), text.encode()
+            try:
+                if path.read_bytes() == data:
+                    continue
+            except FileNotFoundError:
+                pass
+            atomic_write(path, data, durable=False)  # derived: made again at every start
 
     # -- start -------------------------------------------------------------------
 

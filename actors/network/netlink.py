@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import ipaddress
 import os
+import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MNT_DETACH = 2
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -85,12 +89,24 @@ def create_netns(path: str) -> None:
                 _libc.mount(b"/proc/thread-self/ns/net", path.encode(), None, MS_BIND, None),
                 f"mount {path}",
             )
-            with _iproute() as ip:
-                ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+            _loopback_up()
         finally:
             _check(_libc.setns(own, CLONE_NEWNET), "setns back")
     finally:
         os.close(own)
+
+
+def _loopback_up() -> None:
+    """`lo` up in this thread's namespace, by ioctl: a `--network none` start needs no
+    netlink socket (nor pyroute2)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        flags = struct.unpack_from("16xH", fcntl.ioctl(sock, SIOCGIFFLAGS, _ifreq(0)))[0]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, _ifreq(flags | IFF_UP))
+
+
+def _ifreq(flags: int) -> bytes:
+    """`struct ifreq` for `lo` with ifr_flags (40 bytes: name, then a 24-byte union)."""
+    return struct.pack("16sH22x", b"lo", flags)
 
 
 def delete_netns(path: str) -> None:
