@@ -41,6 +41,7 @@ class ContainerStore:
         self._by_id: dict[str, Container] = {}
         self._by_name: dict[str, str] = {}
         self._summaries: dict[str, dict[str, Any]] = {}
+        self._host_configs: dict[str, bytes] = {}  # as last written, per container
 
     # -- lookups -----------------------------------------------------------
 
@@ -117,9 +118,12 @@ class ContainerStore:
         directory = self.root / container.Id
         directory.mkdir(mode=0o710, exist_ok=True)
         record = msgspec.to_builtins(container)
-        host_config = record.pop("HostConfig")
-        atomic_write(directory / CONFIG_FILE, json.dumps(record).encode(), mode=0o600)
-        atomic_write(directory / HOSTCONFIG_FILE, json.dumps(host_config).encode(), mode=0o600)
+        host_config = msgspec.json.encode(record.pop("HostConfig"))
+        atomic_write(directory / CONFIG_FILE, msgspec.json.encode(record), mode=0o600)
+        # The host config changes seldom (update, rename of a link): most saves skip it.
+        if self._host_configs.get(container.Id) != host_config:
+            atomic_write(directory / HOSTCONFIG_FILE, host_config, mode=0o600)
+            self._host_configs[container.Id] = host_config
         self.refresh(container)
 
     def refresh(self, container: Container) -> None:
@@ -131,6 +135,7 @@ class ContainerStore:
         after it cannot bring the container back), to go with `empty_trash`."""
         self._by_id.pop(container.Id, None)
         self._summaries.pop(container.Id, None)
+        self._host_configs.pop(container.Id, None)
         if self._by_name.get(container.Name) == container.Id:
             del self._by_name[container.Name]
         self.trash.mkdir(exist_ok=True)
