@@ -620,8 +620,14 @@ def test_rw_layer_lifecycle(images: Images) -> None:
         images.layers.create_rw_layer("ctr1", image.top_layer)
     meta = images.layers.root / "mounts" / "ctr1"
     assert (meta / "mount-id").read_text() == rw.mount_id
-    assert (meta / "init-id").read_text() == rw.init_id == rw.mount_id + "-init"
     assert (meta / "parent").read_text() == image.top_layer
+    # One init layer per image layer, built by its first container and shared after.
+    top = images.layers.get(image.top_layer or "")
+    assert (meta / "init-id").read_text() == rw.init_id == f"{top.cache_id}-init"
+    other = images.layers.create_rw_layer("ctr2", image.top_layer)
+    assert other.init_id == rw.init_id and other.mount_id != rw.mount_id
+    assert images.layers.remove_rw_layer("ctr2") == []
+    assert images.driver.exists(rw.init_id)  # ctr1 still stands on it
     [mount] = images.layers.rw_mounts("ctr1")
     if isinstance(images.driver, Overlay2Driver):
         assert (mount.type, mount.source) == ("overlay", "overlay")
@@ -651,22 +657,27 @@ def test_rw_layer_lifecycle(images: Images) -> None:
     assert images.layers.exists(image.top_layer or "")
     removed = images.layers.remove_rw_layer("ctr1")
     assert [layer.chain_id for layer in removed] == [image.top_layer]
-    assert state(images) == ([], [], [], [], [])
+    assert state(images) == ([], [], [], [], [])  # the init layer went with its layer
     assert os.listdir(images.layers.root / "mounts") == []
 
 
 def test_restart_keeps_state_and_sweeps_leftovers(images: Images, tmp_path: Path) -> None:
     load(images, BUSYBOX_ARCHIVE)
-    images.layers.create_rw_layer("ctr", images.get_image("busybox").top_layer)
+    rw = images.layers.create_rw_layer("ctr", images.get_image("busybox").top_layer)
     orphan = images.layers.register(io.BytesIO(make_tar(("x", "reg", b"1"))), None)
     images.driver.create("crashed-mid-write", None)  # a driver dir no layer names
+    # An init layer whose build a crash cut short: its layer's metadata never named it.
+    images.driver.create(f"{orphan.cache_id}-init", orphan.cache_id)
     before = state(images)
     restarted = Images(tmp_path / "root", type(images.driver)(images.driver.home))
     after = state(restarted)
     assert after[0] == before[0] and after[1] == before[1]
     assert orphan.chain_id not in after[2]  # nothing held it
     assert "crashed-mid-write" not in after[3]
+    assert f"{orphan.cache_id}-init" not in after[3]
+    assert rw.init_id in after[3]  # the built one stays, and is shared on
     assert [rw.name for rw in restarted.layers.rw_layers()] == ["ctr"]
+    assert restarted.layers.create_rw_layer("ctr2", rw.parent).init_id == rw.init_id
     assert restarted.get_image("busybox").id == BUSYBOX_ID
 
 

@@ -1,7 +1,8 @@
 """The layer store (`image/<driver>/layerdb`), laid out as dockerd's:
 
     sha256/<chainID>/   diff (DiffID), size, cache-id (the graph driver's ID), parent
-                        (ChainID), tar-size, tar-split.msgpack.gz (see tarstream)
+                        (ChainID), tar-size, tar-split.msgpack.gz (see tarstream), and
+                        init-id once a container has used the layer (our addition)
     mounts/<container>/ mount-id, init-id, parent: a container's read-write layer
 
 Layers are shared and reference-counted in memory: an image holds its top layer, a layer
@@ -18,7 +19,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -26,11 +27,12 @@ from typing import BinaryIO
 from actors.images.graphdriver import GraphDriver, Mount
 from actors.images.tarstream import decode_records, encode_records, regenerate
 from kernel.errors import Conflict, InvalidParameter, NotFound
-from kernel.fsutil import fsync_dir, remove_dir, write_dir
+from kernel.fsutil import atomic_write, fsync_dir, remove_dir, write_dir
 
 log = logging.getLogger("pydockerd.images")
 
 TAR_SPLIT = "tar-split.msgpack.gz"
+INIT_ID = "init-id"  # in a layer's metadata: the init layer containers over it share
 
 
 def chain_id(parent: str | None, diff_id: str) -> str:
@@ -104,9 +106,6 @@ def setup_init_layer(root: Path) -> None:
             os.symlink(kind, path)
 
 
-InitFunc = Callable[[Path], None]
-
-
 class LayerStore:
     def __init__(self, root: Path, driver: GraphDriver) -> None:
         self.root = root
@@ -122,6 +121,8 @@ class LayerStore:
         self._layers: dict[str, Layer] = {}
         self._refs: dict[str, int] = {}
         self._rw: dict[str, RWLayer] = {}
+        self._inits: dict[str, str] = {}  # ChainID -> its shared init layer's driver ID
+        self._init_lock = threading.Lock()  # one init layer built at a time
         self._load()
 
     # -- start-up -------------------------------------------------------------------
@@ -132,6 +133,10 @@ class LayerStore:
         for name in os.listdir(self._layers_dir):
             try:
                 known.add((self._layers_dir / name / "cache-id").read_text().strip())
+                if (self._layers_dir / name / INIT_ID).exists():
+                    init_id = (self._layers_dir / name / INIT_ID).read_text().strip()
+                    known.add(init_id)
+                    self._inits["sha256:" + name] = init_id
                 found["sha256:" + name] = self._read_layer("sha256:" + name)
             except (OSError, ValueError) as exc:
                 log.warning("layer store: ignoring layer %s: %s", name, exc)
@@ -307,6 +312,9 @@ class LayerStore:
                 del self._refs[current]
                 remove_dir(self._tmp, self._dir(current))
                 self.driver.remove(layer.cache_id)
+                init_id = self._inits.pop(current, None)
+                if init_id is not None:
+                    self.driver.remove(init_id)
                 removed.append(layer)
                 current = layer.parent
         return removed
@@ -319,9 +327,7 @@ class LayerStore:
 
     # -- containers' read-write layers ------------------------------------------------
 
-    def create_rw_layer(
-        self, name: str, parent: str | None, init: InitFunc | None = setup_init_layer
-    ) -> RWLayer:
+    def create_rw_layer(self, name: str, parent: str | None) -> RWLayer:
         """A container's read-write layer over the image's top layer `parent`, with the
         init layer (mount targets every container needs) in between."""
         if not name or "/" in name or name in (".", ".."):
@@ -331,17 +337,15 @@ class LayerStore:
                 raise Conflict(f"mount already exists with name {name}")
             parent_layer = self.acquire(parent) if parent else None
         mount_id = secrets.token_hex(32)
-        init_id = f"{mount_id}-init"
-        rw = RWLayer(name=name, mount_id=mount_id, init_id=init_id, parent=parent)
+        own_init = f"{mount_id}-init"
         try:
-            self.driver.create(init_id, parent_layer.cache_id if parent_layer else None)
-            if init is not None:
-                root = self.driver.get(init_id)
-                try:
-                    init(root)
-                finally:
-                    self.driver.put(init_id)
+            if parent_layer is None:
+                init_id = own_init
+                self._make_init_layer(init_id, None)
+            else:
+                init_id = self._shared_init_layer(parent_layer)
             self.driver.create(mount_id, init_id)
+            rw = RWLayer(name=name, mount_id=mount_id, init_id=init_id, parent=parent)
             files = {"mount-id": mount_id.encode(), "init-id": init_id.encode(),
                      "parent": (parent or "").encode()}  # fmt: skip
             with self._lock:
@@ -351,11 +355,37 @@ class LayerStore:
                 self._rw[name] = rw
         except BaseException:
             self.driver.remove(mount_id)
-            self.driver.remove(init_id)
+            if parent_layer is None:
+                self.driver.remove(own_init)
             if parent:
                 self.release(parent)
             raise
         return rw
+
+    def _shared_init_layer(self, layer: Layer) -> str:
+        """The init layer over an image layer: the first container made from it builds it
+        (the build mounts it, so it is the slow part of a create), the others share it. It
+        is recorded in the layer's metadata once built, and goes with the layer."""
+        with self._init_lock:
+            init_id = self._inits.get(layer.chain_id)
+            if init_id is None:
+                init_id = f"{layer.cache_id}-init"
+                self._make_init_layer(init_id, layer.cache_id)
+                atomic_write(self._dir(layer.chain_id) / INIT_ID, init_id.encode())
+                self._inits[layer.chain_id] = init_id
+            return init_id
+
+    def _make_init_layer(self, init_id: str, below: str | None) -> None:
+        self.driver.create(init_id, below)
+        try:
+            root = self.driver.get(init_id)
+            try:
+                setup_init_layer(root)
+            finally:
+                self.driver.put(init_id)
+        except BaseException:
+            self.driver.remove(init_id)
+            raise
 
     def get_rw_layer(self, name: str) -> RWLayer:
         rw = self._rw.get(name)
@@ -389,7 +419,8 @@ class LayerStore:
             rw = self.get_rw_layer(name)
             del self._rw[name]
         self.driver.remove(rw.mount_id)
-        self.driver.remove(rw.init_id)
+        if rw.init_id == f"{rw.mount_id}-init":  # its own, not a shared one
+            self.driver.remove(rw.init_id)
         remove_dir(self._tmp, self._mounts_dir / name)
         fsync_dir(self._mounts_dir)
         return self.release(rw.parent) if rw.parent else []
