@@ -729,7 +729,10 @@ class ContainersService:
         container.State.Status = "removing"
         self.store.refresh(container)
         if self.network is not None:
-            await self.network.release(container)
+            try:
+                await self.network.release(container)
+            except Exception as exc:  # the removal goes on: the reconcile at start sweeps
+                log.warning("releasing the network of %s: %s", container.short_id, exc)
         self.store.remove(container)
         await self.mounts.release(container.Id, container.MountPoints, remove_anonymous=volumes)
         self._locks.pop(container.Id, None)
