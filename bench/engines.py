@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernel.fsutil import mount_points
+from tests.daemon import remove_root
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,11 +107,3 @@ def start_engine(
         log.close()
         if not keep_root:
             remove_root(root)
-
-
-def remove_root(root: Path) -> None:
-    """Unmount what the engine left mounted below `root` (deepest first), then delete it."""
-    below = [p for p in mount_points() if p == str(root) or p.startswith(f"{root}/")]
-    for point in sorted(set(below), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-    shutil.rmtree(root, ignore_errors=True)

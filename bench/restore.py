@@ -11,7 +11,8 @@ import urllib.parse
 from pathlib import Path
 
 from bench.containers import EngineConnection, api, create_many, remove_all
-from bench.engines import Engine, remove_root, start_engine
+from bench.engines import Engine, start_engine
+from tests.daemon import remove_root
 from tests.fixtures.busybox import archive_bytes
 
 STOPPED_COUNTS = tuple(int(n) for n in os.environ.get("BENCH_STOPPED", "0,200,1000").split(","))

@@ -3,7 +3,6 @@ the session-wide cleanup of what the integration helpers create outside pytest's
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from tests.daemon import (
     CREATED_DIRS,
     Daemon,
     remove_network_leftovers,
+    remove_root,
     running_daemon,
 )
 from tests.fixtures.busybox import busybox_archive
@@ -49,4 +49,4 @@ def _remove_short_tempdirs() -> Iterator[None]:
         if daemon.proc is None or daemon.proc.poll() is not None:
             remove_network_leftovers(daemon)
     for path in CREATED_DIRS:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_root(path)

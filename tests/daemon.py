@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from kernel.fsutil import mount_points
+
 REPO = Path(__file__).resolve().parent.parent
 PYDOCKERD = [sys.executable, "-m", "kernel.main"]
 
@@ -299,7 +301,16 @@ def running_daemon(
         daemon.stop()
         remove_network_leftovers(daemon)
         remove_cgroups(daemon.namespace)
-        shutil.rmtree(root, ignore_errors=True)
+        remove_root(root)
+
+
+def remove_root(root: Path) -> None:
+    """Unmount what a daemon left mounted below `root` (deepest first: a rootfs whose
+    cleanup a failing test cut short, say), then delete it."""
+    below = [p for p in mount_points() if p == str(root) or p.startswith(f"{root}/")]
+    for point in sorted(set(below), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def run_pydockerd(
