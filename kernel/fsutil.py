@@ -18,32 +18,48 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes, mode: int, *, sync: bool = True) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+def _write_files(files: dict[Path, bytes], mode: int, *, sync: bool) -> None:
+    """Write new files, then fsync them: the first fsync commits the filesystem's journal
+    with all of them, so the others find little left to do."""
+    fds = []
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        for path, data in files.items():
+            fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fds[-1], view) :]
         if sync:
-            os.fsync(fd)
+            for fd in fds:
+                os.fsync(fd)
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
-    """Temp file beside `path` (unique per call: threads write concurrently), fsync,
-    rename over `path`, fsync the directory. `durable=False` skips the fsyncs, for files
-    made anew at every use: readers still see the old file or the new one, and only a
-    power cut (not a crash of ours) can lose the write."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    """One file: see `atomic_write_files`."""
+    atomic_write_files(path.parent, {path.name: data}, mode=mode, durable=durable)
+
+
+def atomic_write_files(
+    directory: Path, files: dict[str, bytes], *, mode: int = 0o644, durable: bool = True
+) -> None:
+    """Replace each file in `directory` atomically: temp files beside them (unique per
+    call: threads write concurrently), fsync, rename each over its file, fsync the
+    directory. `durable=False` skips the fsyncs, for files that record what a reboot
+    erases anyway or that are made anew at every use: readers still see the old file or
+    the new one, and only a power cut (never a crash of ours) can lose the write."""
+    temps = {directory / f".{name}.{secrets.token_hex(6)}.tmp": name for name in files}
     try:
-        _write_synced(tmp, data, mode, sync=durable)
-        os.replace(tmp, path)
+        _write_files({tmp: files[name] for tmp, name in temps.items()}, mode, sync=durable)
+        for tmp, name in temps.items():
+            os.replace(tmp, directory / name)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
         raise
     if durable:
-        fsync_dir(path.parent)
+        fsync_dir(directory)
 
 
 def write_dir(staging_root: Path, final: Path, files: dict[str, bytes]) -> None:
@@ -52,8 +68,7 @@ def write_dir(staging_root: Path, final: Path, files: dict[str, bytes]) -> None:
     staging = staging_root / f"{final.name}.{secrets.token_hex(6)}"
     staging.mkdir(mode=0o700)
     try:
-        for name, data in files.items():
-            _write_synced(staging / name, data, 0o644)
+        _write_files({staging / name: data for name, data in files.items()}, 0o644, sync=True)
         fsync_dir(staging)
         staging.chmod(0o755)
         os.rename(staging, final)

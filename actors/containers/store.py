@@ -20,7 +20,7 @@ import msgspec
 from actors.containers.model import Container
 from actors.containers.names import generate_name
 from kernel.errors import Conflict, InvalidParameter, NotFound
-from kernel.fsutil import atomic_write, fsync_dir
+from kernel.fsutil import atomic_write_files, fsync_dir
 
 log = logging.getLogger("pydockerd.containers")
 
@@ -119,11 +119,12 @@ class ContainerStore:
         directory.mkdir(mode=0o710, exist_ok=True)
         record = msgspec.to_builtins(container)
         host_config = msgspec.json.encode(record.pop("HostConfig"))
-        atomic_write(directory / CONFIG_FILE, msgspec.json.encode(record), mode=0o600)
+        files = {CONFIG_FILE: msgspec.json.encode(record)}
         # The host config changes seldom (update, rename of a link): most saves skip it.
         if self._host_configs.get(container.Id) != host_config:
-            atomic_write(directory / HOSTCONFIG_FILE, host_config, mode=0o600)
-            self._host_configs[container.Id] = host_config
+            files[HOSTCONFIG_FILE] = host_config
+        atomic_write_files(directory, files, mode=0o600)
+        self._host_configs[container.Id] = host_config
         self.refresh(container)
 
     def refresh(self, container: Container) -> None:

@@ -212,7 +212,8 @@ class NetworkService:
 
     def _save_sandbox(self, sandbox: Sandbox) -> None:
         path = self.root / "sandboxes" / f"{sandbox.container_id}.json"
-        atomic_write(path, msgspec.json.encode(sandbox))
+        # What it records (namespace, veths, ports) is kernel state a reboot erases too.
+        atomic_write(path, msgspec.json.encode(sandbox), durable=False)
 
     async def _ensure_predefined(self) -> None:
         by_name = {n.Name: n for n in self.networks.values()}
