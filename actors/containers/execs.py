@@ -163,9 +163,7 @@ class ExecStore:
         if record.privileged:
             caps = list(all_capabilities())
             process["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps}
-        fifos = FifoSet.for_process(
-            service.exec_root / "containers" / container.Id, record.id, terminal=record.tty
-        )
+        fifos = FifoSet.for_process(service.fifo_dir(container.Id), record.id, terminal=record.tty)
         io = ProcessIO(fifos, with_stdin=record.attach_stdin, before_create=True)
         try:
             await client.exec_process(

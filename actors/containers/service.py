@@ -364,10 +364,12 @@ class ContainersService:
         self._changed.set()
         self._changed = trio.Event()
 
+    def fifo_dir(self, cid: str) -> Path:
+        """Where the FIFOs of the container's init process and of its execs are."""
+        return self.exec_root / "containers" / cid
+
     def _fifos(self, container: Container) -> FifoSet:
-        return FifoSet.for_process(
-            self.exec_root / "containers" / container.Id, "init", terminal=container.tty
-        )
+        return FifoSet.for_process(self.fifo_dir(container.Id), "init", terminal=container.tty)
 
     def _logger(self, container: Container) -> LogWriter | None:
         log_config = container.HostConfig.get("LogConfig") or {}
@@ -756,7 +758,7 @@ class ContainersService:
             except Exception as exc:
                 log.warning("removing what is left of container %s: %s", cid[:12], exc)
                 return
-            shutil.rmtree(self.exec_root / "containers" / cid, ignore_errors=True)
+            shutil.rmtree(self.fifo_dir(cid), ignore_errors=True)
             self.store.empty_trash(cid)
 
     # -- restart policies (the restart manager) -----------------------------------------
