@@ -106,6 +106,12 @@ def setup_init_layer(root: Path) -> None:
             os.symlink(kind, path)
 
 
+def _init_id(below: str) -> str:
+    """The driver ID of an init layer: a container's own (over its mount ID, as dockerd
+    names it) or the one shared over an image layer (over its cache ID)."""
+    return f"{below}-init"
+
+
 class LayerStore:
     def __init__(self, root: Path, driver: GraphDriver) -> None:
         self.root = root
@@ -337,7 +343,7 @@ class LayerStore:
                 raise Conflict(f"mount already exists with name {name}")
             parent_layer = self.acquire(parent) if parent else None
         mount_id = secrets.token_hex(32)
-        own_init = f"{mount_id}-init"
+        own_init = _init_id(mount_id)
         try:
             if parent_layer is None:
                 init_id = own_init
@@ -369,7 +375,7 @@ class LayerStore:
         with self._init_lock:
             init_id = self._inits.get(layer.chain_id)
             if init_id is None:
-                init_id = f"{layer.cache_id}-init"
+                init_id = _init_id(layer.cache_id)
                 self._make_init_layer(init_id, layer.cache_id)
                 atomic_write(self._dir(layer.chain_id) / INIT_ID, init_id.encode())
                 self._inits[layer.chain_id] = init_id
@@ -419,7 +425,7 @@ class LayerStore:
             rw = self.get_rw_layer(name)
             del self._rw[name]
         self.driver.remove(rw.mount_id)
-        if rw.init_id == f"{rw.mount_id}-init":  # its own, not a shared one
+        if rw.init_id == _init_id(rw.mount_id):  # its own, not a shared one
             self.driver.remove(rw.init_id)
         remove_dir(self._tmp, self._mounts_dir / name)
         fsync_dir(self._mounts_dir)
